@@ -1,0 +1,110 @@
+# minigen — every command the README names; nothing hidden elsewhere.
+#
+#   make test        quick mode: execute each notebook once (papermill, build/executed/),
+#                    unit tests, nbval re-execution of the executed copies (determinism),
+#                    ruff
+#   make book        full mode: execute each notebook once at full defaults, write
+#                    results/RESULTS.md and the README table, build book/_build/html
+#   make book-quick  build the book from the notebooks already in build/executed/ (CI)
+#   make site-test   browser test of the built book (chromium, offline)
+#   make check       assert the full-mode targets on results/full/ (no execution)
+#
+# Variables: PYTHON (interpreter for the venv, default python3), JOBS (default 2).
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+JOBS ?= 2
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.minigen-installed
+
+CHAPTERS := $(sort $(wildcard notebooks/[0-9][0-9]_*.py))
+EXECUTED := $(patsubst notebooks/%.py,build/executed/%.ipynb,$(CHAPTERS))
+
+# One BLAS/torch thread per notebook, as in `reproduce`: same seed, same threads, same numbers.
+NB_ENV := MINIGEN_QUICK=1 TQDM_DISABLE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 \
+	OPENBLAS_NUM_THREADS=1 PYDEVD_DISABLE_FILE_VALIDATION=1 \
+	MINIGEN_RESULTS_DIR=$(CURDIR)/build/nbval-results
+NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	-n $(JOBS) --dist loadfile
+
+BOOK_BUILD := TQDM_DISABLE=1 $(VENV)/bin/jupyter-book build --all -W -n --keep-going book/
+MATHJAX_VERSION := 3.2.2
+MATHJAX := book/_vendor/mathjax/tex-mml-chtml.js
+NPM_PREFIX := build/npm
+
+.PHONY: help venv test unit nbval lint book book-quick book-html offline-check site-test \
+	check mathjax clean
+
+help:
+	@sed -n '2,13p' Makefile | sed 's/^# \{0,1\}//'
+
+# ------------------------------------------------------------------ environment
+# Reinstalls when pyproject.toml or constraints.txt change (constraints pin the CPU torch).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -c constraints.txt -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name minigen --display-name "Python (minigen)"
+	touch $@
+
+venv: $(STAMP)
+
+# ------------------------------------------------------------------ tests
+test: venv
+	$(PY) -m minigen.reproduce --quick --jobs $(JOBS)
+	$(MAKE) --no-print-directory unit nbval lint
+
+unit: venv
+	$(PY) -m pytest tests
+
+# Determinism: re-execute the executed quick notebooks and compare their text outputs.
+nbval: venv
+	@test -n "$(EXECUTED)" || { echo "no chapters under notebooks/"; exit 1; }
+	$(NB_ENV) $(PY) -m pytest $(EXECUTED) $(NBVAL_FLAGS)
+
+lint: venv
+	$(PY) -m ruff check .
+
+# ------------------------------------------------------------------ book
+book: venv mathjax
+	$(PY) -m minigen.reproduce --full --jobs $(JOBS)
+	$(MAKE) --no-print-directory book-html
+
+book-quick: venv mathjax
+	@test -n "$$(ls build/executed/*.ipynb 2>/dev/null)" || \
+		{ echo "build/executed/ is empty: run 'make test' first"; exit 1; }
+	$(MAKE) --no-print-directory book-html
+
+book-html: mathjax
+	$(BOOK_BUILD)
+	$(MAKE) --no-print-directory offline-check
+
+# Fail if a page loads a script or stylesheet from another host.
+offline-check:
+	@if grep -rEl '<(script|link)[^>]*(src|href)="(https?:)?//' book/_build/html \
+		--include='*.html'; then echo "offline-check: pages above load from a network"; \
+		exit 1; else echo "offline-check: no remote scripts or stylesheets"; fi
+
+# MathJax 3 served from the site: the npm package's es5 build, copied into book/_static/.
+mathjax: $(MATHJAX)
+
+$(MATHJAX):
+	npm install --prefix $(NPM_PREFIX) --no-save --no-package-lock --no-audit --no-fund \
+		mathjax@$(MATHJAX_VERSION)
+	rm -rf book/_vendor/mathjax && mkdir -p book/_vendor/mathjax
+	cd $(NPM_PREFIX)/node_modules/mathjax && cp LICENSE $(CURDIR)/book/_vendor/mathjax/ && \
+		cd es5 && cp -r tex-mml-chtml.js input output a11y ui adaptors sre \
+		$(CURDIR)/book/_vendor/mathjax/
+
+site-test: venv
+	$(PY) -m pytest -m site tests/site
+
+# ------------------------------------------------------------------ results
+check: venv
+	$(PY) -m minigen.reproduce --full --check --no-run
+
+clean:
+	rm -rf build book/_build results/quick .pytest_cache

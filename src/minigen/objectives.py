@@ -1,0 +1,150 @@
+"""Objectives: regression of one prediction type along a path (DESIGN.md, part 3 of 5).
+
+Conditional flow matching (Lipman et al., 2023, eq. 23; Tong et al., 2024):
+
+    L(theta) = E_{t, (x0, x1) ~ pi} w(x0, x1) || f_theta(x_t, t) - target ||²,
+
+where target is the conditional velocity dx_t/dt for ``prediction="velocity"``,
+x1 for ``"x1"`` and x0 (= epsilon) for ``"epsilon"``. The minimiser of the
+velocity loss is the marginal velocity u_t(x) = E[dx_t/dt | x_t = x] (Lipman
+et al., 2023, Thm. 2), which is why a per-sample conditional target suffices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .couplings import gibbs_weights, independent
+from .paths import GaussianPath, PathSample
+
+Tensor = torch.Tensor
+TIME_SAMPLERS = ("uniform", "logit_normal")
+
+
+def sample_time(n: int, generator: torch.Generator, sampler: str = "uniform",
+                loc: float = 0.0, scale: float = 1.0) -> Tensor:
+    """Training times t in [0, 1]: (n,).
+
+    ``uniform``: t ~ U[0, 1]. ``logit_normal``: t = sigmoid(u), u ~ N(loc, scale²)
+    (Esser et al., 2024, "Scaling Rectified Flow Transformers", eq. 19).
+    """
+    if sampler == "uniform":
+        return torch.rand(n, generator=generator)
+    if sampler == "logit_normal":
+        if scale <= 0:
+            raise ValueError(f"logit-normal scale must be > 0, got {scale}")
+        return torch.sigmoid(loc + scale * torch.randn(n, generator=generator))
+    raise ValueError(f"unknown time sampler {sampler!r}; choose from {TIME_SAMPLERS}")
+
+
+def regression_target(ps: PathSample, prediction: str) -> Tensor:
+    """What the network regresses onto for a prediction type."""
+    if prediction == "velocity":
+        return ps.dxt
+    if prediction == "x1":
+        return ps.x1
+    if prediction == "epsilon":
+        return ps.x0
+    raise ValueError(f"unknown prediction type {prediction!r} for regression; "
+                     "choose velocity, x1 or epsilon")
+
+
+@dataclass
+class CFM:
+    """Conditional flow matching with a coupling, a path, a prediction type,
+    a time sampler and optional Gibbs weights (W-CFM).
+
+    The variants of chapter 01 differ in one field each:
+    I-CFM = CFM(LinearPath()); OT-CFM adds ``coupling=ExactOT()``;
+    W-CFM adds ``gibbs_eps``; SB-CFM uses ``BridgePath(s)`` with
+    ``SinkhornOT(2 s², relative=False)``.
+    """
+
+    path: GaussianPath
+    coupling: Callable = independent
+    prediction: str = "velocity"
+    time_sampler: str = "uniform"
+    time_loc: float = 0.0
+    time_scale: float = 1.0
+    gibbs_eps: float | None = None
+    name: str = field(default="cfm")
+
+    def __post_init__(self):
+        if self.prediction not in ("velocity", "x1", "epsilon"):
+            raise ValueError(f"unknown prediction type {self.prediction!r}")
+        if self.prediction == "epsilon" and not self.path.source_is_gaussian:
+            raise ValueError("epsilon prediction needs a N(0, I) source")
+        if self.time_sampler not in TIME_SAMPLERS:
+            raise ValueError(f"unknown time sampler {self.time_sampler!r}; choose from "
+                             f"{TIME_SAMPLERS}")
+
+    def sample_path(self, x0: Tensor, x1: Tensor, generator: torch.Generator) -> PathSample:
+        """Pair the batch, draw t (and bridge noise z), and sample the path."""
+        x0, x1 = self.coupling(x0, x1, generator)
+        t = sample_time(len(x1), generator, self.time_sampler, self.time_loc, self.time_scale)
+        t = t.clamp(self.path.t_min, self.path.t_max).to(x1)
+        z = torch.randn(x1.shape, generator=generator).to(x1) if self.path.has_bridge_noise else None
+        return self.path.sample(x0, x1, t, z)
+
+    def per_sample_loss(self, model, x0: Tensor, x1: Tensor, generator: torch.Generator):
+        """Per-sample weighted squared errors (B,) and their times t (B,)."""
+        ps = self.sample_path(x0, x1, generator)
+        err = (model(ps.xt, ps.t) - regression_target(ps, self.prediction)).pow(2)
+        loss = err.reshape(len(err), -1).mean(1)
+        if self.gibbs_eps is not None:
+            loss = loss * gibbs_weights(ps.x0, ps.x1, self.gibbs_eps)
+        return loss, ps.t
+
+    def velocity(self, model) -> Callable:
+        """The velocity field v(x, t) of a model trained with this objective."""
+        if self.prediction == "velocity":
+            return model
+        return lambda x, t: self.path.convert(model(x, t), x, t, self.prediction, "velocity")
+
+
+def per_t_loss(t: Tensor, loss: Tensor, bins: int = 10) -> tuple[Tensor, Tensor]:
+    """Sum and count of per-sample losses in ``bins`` equal bins of t: ((bins,), (bins,)).
+
+    Accumulate over training and divide to get the loss as a function of t, the
+    diagnostic that shows where in time a model is still learning.
+    """
+    idx = (t.detach() * bins).long().clamp(0, bins - 1)
+    sums = torch.zeros(bins).index_add_(0, idx.cpu(), loss.detach().float().cpu())
+    counts = torch.bincount(idx.cpu(), minlength=bins).float()
+    return sums, counts
+
+
+def cfm_variant(name: str, source_is_gaussian: bool = True, *, gibbs_eps: float = 1.0,
+                bridge_s: float = 0.5, sinkhorn_reg: float = 0.02, sinkhorn_iter: int = 10) -> CFM:
+    """The flow-matching variants of chapter 01, each one field away from I-CFM:
+
+    ``icfm``  independent pairs, linear path (Lipman et al., 2023; Tong et al., 2024)
+    ``otcfm`` exact minibatch OT pairs (Tong et al., 2024; Pooladian et al., 2023)
+    ``otcfm_sinkhorn`` few-iteration entropic OT pairs: an OT-class pairing at a fraction
+              of the exact assignment's cost
+    ``wcfm``  independent pairs weighted by exp(-||x1 - x0||² / gibbs_eps) (Calvo-Ordoñez et al., 2025)
+    ``sbcfm`` entropic OT with reg = 2 s² and Brownian-bridge noise s sqrt(t(1-t)) (Tong et al., 2024)
+    """
+    from .couplings import ExactOT, SinkhornOT
+    from .paths import BridgePath, LinearPath
+
+    lin = LinearPath(source_is_gaussian=source_is_gaussian)
+    if name == "icfm":
+        return CFM(lin, name=name)
+    if name == "otcfm":
+        return CFM(lin, coupling=ExactOT(), name=name)
+    if name == "otcfm_sinkhorn":
+        return CFM(lin, coupling=SinkhornOT(sinkhorn_reg, sinkhorn_iter), name=name)
+    if name == "wcfm":
+        return CFM(lin, gibbs_eps=gibbs_eps, name=name)
+    if name == "sbcfm":
+        coupling = SinkhornOT(2 * bridge_s**2, 20, relative=False)
+        return CFM(BridgePath(bridge_s, source_is_gaussian=source_is_gaussian), coupling=coupling,
+                   name=name)
+    raise ValueError(f"unknown CFM variant {name!r}; choose from {CFM_VARIANTS}")
+
+
+CFM_VARIANTS = ("icfm", "otcfm", "otcfm_sinkhorn", "wcfm", "sbcfm")

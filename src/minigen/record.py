@@ -1,0 +1,130 @@
+"""Recording a chapter's figures of merit (DESIGN.md, "Results JSON").
+
+A notebook calls ``record(...)`` once at its end; the file lands in
+``results/<mode>/<chapter>.json`` with the format
+
+    {chapter, mode, seed, git_sha, torch, device, threads, wall_s,
+     metrics: {name: {value, unit, better: "lower" | "higher"}}}
+
+so that the tests, ``python -m minigen.reproduce`` and the README table read
+one format.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import torch
+
+QUICK_ENV = "MINIGEN_QUICK"
+RESULTS_ENV = "MINIGEN_RESULTS_DIR"
+
+
+def quick_from_env(default: bool = False) -> bool:
+    """Quick mode as set by the environment (``MINIGEN_QUICK=1``).
+
+    nbval and myst-nb cannot inject papermill parameters, so every notebook's
+    ``parameters`` cell reads this as its default.
+    """
+    value = os.environ.get(QUICK_ENV)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The nearest directory above ``start`` holding minigen's pyproject.toml."""
+    here = (start or Path.cwd()).resolve()
+    for d in [here, *here.parents]:
+        p = d / "pyproject.toml"
+        if p.is_file() and 'name = "minigen"' in p.read_text():
+            return d
+    return here
+
+
+def results_dir(mode: str) -> Path:
+    """``$MINIGEN_RESULTS_DIR/<mode>`` or ``<repo>/results/<mode>``."""
+    base = os.environ.get(RESULTS_ENV)
+    root = Path(base) if base else repo_root() / "results"
+    return root / mode
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(),
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def metric(value: float, unit: str = "", better: str = "lower") -> dict:
+    """One figure of merit: ``{value, unit, better}``."""
+    if better not in ("lower", "higher"):
+        raise ValueError(f"better must be 'lower' or 'higher', got {better!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"metric value must be finite, got {value}")
+    return {"value": value, "unit": unit, "better": better}
+
+
+def record(chapter: str, metrics: dict, *, mode: str, seed: int, wall_s: float,
+           device: str | torch.device = "cpu") -> Path:
+    """Write ``results/<mode>/<chapter>.json`` atomically and return its path.
+
+    ``metrics`` maps a name to ``metric(value, unit, better)`` (or a plain dict of
+    the same keys).
+    """
+    if mode not in ("quick", "full", "gpu"):
+        raise ValueError(f"mode must be quick, full or gpu, got {mode!r}")
+    clean = {k: metric(**v) if isinstance(v, dict) else metric(v) for k, v in metrics.items()}
+    out = {
+        "chapter": chapter, "mode": mode, "seed": int(seed), "git_sha": git_sha(),
+        "torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+        "wall_s": round(float(wall_s), 2), "metrics": clean,
+    }
+    path = results_dir(mode) / f"{chapter}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(out, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def load(chapter: str, mode: str) -> dict:
+    """Read a recorded results file (raises FileNotFoundError with the path)."""
+    path = results_dir(mode) / f"{chapter}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results at {path}: run python -m minigen.reproduce "
+                                f"{chapter.split('_')[0]} --{mode}")
+    return json.loads(path.read_text())
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+class ResultsTable:
+    """A metrics dict shown as an HTML table (class ``minigen-results``) in a notebook."""
+
+    def __init__(self, metrics: dict):
+        self.metrics = {k: metric(**v) if isinstance(v, dict) else metric(v)
+                        for k, v in metrics.items()}
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(k)}</td><td>{_fmt(m['value'])}</td>"
+            f"<td>{html.escape(m['unit'])}</td><td>{m['better']}</td></tr>"
+            for k, m in self.metrics.items())
+        return ('<table class="minigen-results"><thead><tr><th>metric</th><th>value</th>'
+                f"<th>unit</th><th>better</th></tr></thead><tbody>{rows}</tbody></table>")
+
+    def __repr__(self) -> str:
+        w = max((len(k) for k in self.metrics), default=6)
+        return "\n".join(f"{k:<{w}}  {_fmt(m['value']):>10}  {m['unit']}"
+                         for k, m in self.metrics.items())

@@ -1,0 +1,175 @@
+"""The one training loop: seed, device, EMA, gradient clipping, a progress bar,
+the per-t loss diagnostic, atomic checkpoints and exact resume.
+
+Every paradigm trains through ``train``: it needs a model, a
+``loss_fn(model, *batch, generator) -> (per_sample_loss (B,), t (B,) or None)``
+and a ``sample_batch(generator) -> tuple of tensors``. All randomness of a run
+flows through one ``torch.Generator`` whose state is checkpointed, so a resumed
+run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from .objectives import per_t_loss
+
+
+def pick_device() -> torch.device:
+    """cuda, then mps, then cpu."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class EMA:
+    """Exponential moving average of parameters: theta_ema <- d theta_ema + (1 - d) theta."""
+
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999):
+        if not 0 < decay < 1:
+            raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for pe, p in zip(self.model.parameters(), model.parameters()):
+            pe.lerp_(p.detach(), 1 - self.decay)
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    ema: torch.nn.Module | None
+    losses: list[float]
+    per_t: tuple[torch.Tensor, torch.Tensor] | None  # (bin centres, mean loss per bin)
+    wall_s: float
+    ms_per_step: float
+    steps_run: int
+    history: dict = field(default_factory=dict)
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Write atomically: save to a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load with ``weights_only=True``; a damaged file raises a clear error."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for damaged files
+        raise RuntimeError(f"corrupt or unreadable checkpoint {path}: {e}") from e
+    missing = {"model", "optimizer", "step", "generator", "losses"} - set(state)
+    if missing:
+        raise RuntimeError(f"checkpoint {path} lacks {sorted(missing)}")
+    return state
+
+
+def train(model: torch.nn.Module, loss_fn: Callable, sample_batch: Callable, *, steps: int,
+          lr: float = 1e-3, seed: int = 0, optimizer: torch.optim.Optimizer | None = None,
+          ema_decay: float | None = None, grad_clip: float | None = None,
+          per_t_bins: int = 0, progress: bool = True, checkpoint: str | Path | None = None,
+          checkpoint_every: int = 0, device: torch.device | str | None = None,
+          check_every: int = 50) -> TrainResult:
+    """Train ``model`` for ``steps`` Adam steps (or with ``optimizer``).
+
+    With ``checkpoint`` set, a checkpoint is written every ``checkpoint_every``
+    steps and at the end, and an existing one is resumed from.
+    A non-finite loss raises ``FloatingPointError`` (checked every ``check_every`` steps).
+    """
+    if steps < 0 or lr <= 0:
+        raise ValueError(f"need steps >= 0 and lr > 0, got {steps}, {lr}")
+    if grad_clip is not None and grad_clip <= 0:
+        raise ValueError(f"grad_clip must be > 0, got {grad_clip}")
+    device = torch.device(device) if device is not None else pick_device()
+    model.to(device).train()
+    gen = torch.Generator().manual_seed(seed)
+    opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
+    ema = EMA(model, ema_decay) if ema_decay else None
+    losses: list[float] = []
+    sums = torch.zeros(per_t_bins)
+    counts = torch.zeros(per_t_bins)
+    start = 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        st = load_checkpoint(checkpoint)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        gen.set_state(st["generator"])
+        start, losses = int(st["step"]), list(st["losses"])
+        if ema is not None and "ema" in st:
+            ema.model.load_state_dict(st["ema"])
+        if per_t_bins and "per_t_sums" in st:
+            sums, counts = st["per_t_sums"], st["per_t_counts"]
+
+    def state_at(step):
+        st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+              "generator": gen.get_state(), "losses": losses}
+        if ema is not None:
+            st["ema"] = ema.model.state_dict()
+        if per_t_bins:
+            st["per_t_sums"], st["per_t_counts"] = sums, counts
+        return st
+
+    pending: list[torch.Tensor] = []
+    bar = tqdm(total=steps, initial=start, disable=not progress, mininterval=1.0, leave=False)
+    t_start = time.perf_counter()
+    for step in range(start, steps):
+        batch = [b.to(device) for b in sample_batch(gen)]
+        per_sample, t = loss_fn(model, *batch, generator=gen)
+        loss = per_sample.mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()
+        if ema is not None:
+            ema.update(model)
+        if per_t_bins and t is not None:
+            s, c = per_t_loss(t, per_sample, per_t_bins)
+            sums += s
+            counts += c
+        pending.append(loss.detach())
+        if len(pending) >= check_every or step == steps - 1:
+            _flush(pending, losses, step)
+            bar.update(step + 1 - bar.n)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
+        if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
+            _flush(pending, losses, step)
+            save_checkpoint(checkpoint, state_at(step + 1))
+    wall = time.perf_counter() - t_start
+    bar.close()
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, state_at(steps))
+    n_run = steps - start
+    per_t = None
+    if per_t_bins:
+        centres = (torch.arange(per_t_bins) + 0.5) / per_t_bins
+        per_t = (centres, sums / counts.clamp_min(1))
+    return TrainResult(model.eval(), ema.model if ema else None, losses, per_t, wall,
+                       1000 * wall / max(n_run, 1), n_run)
+
+
+def _flush(pending: list, losses: list, step: int) -> None:
+    if not pending:
+        return
+    vals = torch.stack(pending).cpu()
+    pending.clear()
+    if not torch.isfinite(vals).all():
+        raise FloatingPointError(f"non-finite training loss at or before step {step}: "
+                                 "lower the learning rate or check the data")
+    losses.extend(vals.tolist())

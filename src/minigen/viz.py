@@ -1,0 +1,126 @@
+"""Plots for the notebooks: samples, densities, trajectories, vector fields,
+an animation that works in the static book, and the source of a package function."""
+
+from __future__ import annotations
+
+import inspect
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+
+def _np(x):
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def scatter(ax, x, title: str = "", s: float = 1.0, color: str = "C0", lim: float | None = 6.0,
+            alpha: float = 0.5):
+    """Scatter plot of 2D samples (n, 2) on a square, equal-aspect axis."""
+    x = _np(x)
+    ax.scatter(x[:, 0], x[:, 1], s=s, c=color, alpha=alpha, linewidths=0)
+    _square(ax, lim)
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+def density(ax, x, bins: int = 100, lim: float = 6.0, title: str = ""):
+    """2D histogram of samples as an image."""
+    x = _np(x)
+    ax.hist2d(x[:, 0], x[:, 1], bins=bins, range=[[-lim, lim], [-lim, lim]], cmap="viridis")
+    _square(ax, lim)
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+def log_density_image(ax, log_p_fn, lim: float = 4.5, n: int = 100, title: str = "", vmin=None):
+    """Image of exp(log p(x)) on an n x n grid; log_p_fn maps (N, 2) -> (N,)."""
+    g = torch.linspace(-lim, lim, n)
+    xx, yy = torch.meshgrid(g, g, indexing="xy")
+    pts = torch.stack([xx.flatten(), yy.flatten()], 1)
+    dens = torch.exp(log_p_fn(pts)).reshape(n, n)
+    ax.imshow(_np(dens), extent=[-lim, lim, -lim, lim], origin="lower", cmap="viridis",
+              vmin=vmin)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([]), ax.set_yticks([])
+    return ax
+
+
+def trajectories(ax, traj, n: int = 200, lim: float | None = 6.0, title: str = ""):
+    """Lines of ODE trajectories traj (K+1, B, 2): start black, end blue."""
+    tr = _np(traj)[:, :n]
+    ax.plot(tr[:, :, 0], tr[:, :, 1], color="olive", alpha=0.3, lw=0.6)
+    ax.scatter(tr[0, :, 0], tr[0, :, 1], s=3, c="black", zorder=3)
+    ax.scatter(tr[-1, :, 0], tr[-1, :, 1], s=3, c="C0", zorder=3)
+    _square(ax, lim)
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+@torch.no_grad()
+def vector_field(ax, v, t: float, lim: float = 6.0, n: int = 20, title: str = ""):
+    """Quiver plot of v(x, t) on an n x n grid."""
+    g = torch.linspace(-lim, lim, n)
+    xx, yy = torch.meshgrid(g, g, indexing="xy")
+    pts = torch.stack([xx.flatten(), yy.flatten()], 1)
+    vel = _np(v(pts, torch.full((len(pts),), float(t))))
+    speed = np.linalg.norm(vel, axis=1)
+    ax.quiver(_np(pts[:, 0]), _np(pts[:, 1]), vel[:, 0], vel[:, 1], speed, cmap="coolwarm",
+              angles="xy", scale_units="xy", scale=4.0, width=0.004)
+    _square(ax, lim)
+    ax.set_title(title, fontsize=9)
+    return ax
+
+
+def time_slices(traj, times, k: int = 6, lim: float = 6.0, title: str = ""):
+    """A row of k scatter plots of traj (K+1, B, 2) at evenly spaced times: the static
+    stand-in for an animation or a slider."""
+    idx = np.linspace(0, len(traj) - 1, k).round().astype(int)
+    fig, axes = plt.subplots(1, k, figsize=(2.2 * k, 2.3))
+    for ax, i in zip(axes, idx):
+        scatter(ax, traj[i], title=f"t = {float(times[i]):.2f}", lim=lim)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def animation_html(traj, times, lim: float = 6.0, frames: int = 21, interval: int = 120) -> str:
+    """A self-contained jshtml animation of the samples moving along traj (K+1, B, 2).
+
+    The HTML embeds its frames and player script, so it plays in the static
+    book with no network (unlike ipywidgets, whose JavaScript needs a CDN).
+    """
+    from matplotlib import animation
+
+    tr = _np(traj)
+    idx = np.linspace(0, len(tr) - 1, frames).round().astype(int)
+    fig, ax = plt.subplots(figsize=(3.6, 3.6))
+    pts = ax.scatter(tr[0, :, 0], tr[0, :, 1], s=1.5, alpha=0.6, linewidths=0)
+    _square(ax, lim)
+    label = ax.set_title("")
+
+    def draw(i):
+        pts.set_offsets(tr[idx[i]])
+        label.set_text(f"t = {float(times[idx[i]]):.2f}")
+        return pts, label
+
+    anim = animation.FuncAnimation(fig, draw, frames=len(idx), interval=interval)
+    out = anim.to_jshtml(default_mode="once")
+    plt.close(fig)
+    return out
+
+
+def show_source(obj):
+    """Show the source of a package function or class in a notebook, syntax-highlighted."""
+    from IPython.display import Code
+
+    return Code(inspect.getsource(obj), language="python")
+
+
+def _square(ax, lim):
+    if lim is not None:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xticks([]), ax.set_yticks([])

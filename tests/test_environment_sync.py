@@ -1,0 +1,62 @@
+"""environment.yml's pip section mirrors pyproject.toml (dependencies + the dev extra).
+
+No conda channel is reachable here, so the conda route is kept honest by this test
+rather than by running conda (DESIGN.md, "Dependencies").
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+from packaging.requirements import Requirement
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def normalise(name: str) -> str:
+    """PEP 503 normalised project name."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirements(lines: list[str]) -> dict[str, str]:
+    """``{normalised name: specifier}`` for requirement strings (pip options skipped)."""
+    reqs = [Requirement(line) for line in lines if not line.strip().startswith("-")]
+    return {normalise(r.name): str(r.specifier) for r in reqs}
+
+
+def pyproject_requirements() -> dict[str, str]:
+    """pyproject.toml's runtime dependencies plus its ``dev`` extra."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    return requirements(project["dependencies"] + project["optional-dependencies"]["dev"])
+
+
+def environment_pip_requirements() -> dict[str, str]:
+    """The ``pip:`` list of environment.yml."""
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip = [d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d]
+    assert len(pip) == 1, "environment.yml needs exactly one pip section"
+    return requirements(pip[0])
+
+
+def test_same_names():
+    ours, theirs = pyproject_requirements(), environment_pip_requirements()
+    assert set(ours) == set(theirs), (
+        f"only in pyproject.toml: {sorted(set(ours) - set(theirs))}; "
+        f"only in environment.yml: {sorted(set(theirs) - set(ours))}")
+
+
+def test_same_version_constraints():
+    ours, theirs = pyproject_requirements(), environment_pip_requirements()
+    diff = {n: (ours[n], theirs[n]) for n in set(ours) & set(theirs) if ours[n] != theirs[n]}
+    assert not diff, f"constraints differ (pyproject, environment.yml): {diff}"
+
+
+def test_python_pin_matches_requires_python():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pins = [d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python")]
+    assert pins == ["python=3.11"]
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert requires == ">=3.11"
