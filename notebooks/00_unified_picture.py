@@ -38,7 +38,7 @@
 # %% tags=["parameters"]
 from minigen.record import quick_from_env
 
-quick = quick_from_env()  # MINIGEN_QUICK=1 or papermill -p quick True
+quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
 
 # %%

@@ -47,7 +47,7 @@
 # %% tags=["parameters"]
 from minigen.record import quick_from_env
 
-quick = quick_from_env()  # MINIGEN_QUICK=1 or papermill -p quick True
+quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
 steps_main = 10000  # training steps on 8gaussians -> moons (full mode)
 steps_other = 5000  # training steps on N(0,I) -> 8gaussians and N(0,I) -> checkerboard
@@ -158,7 +158,10 @@ for pair, (src, dst) in PAIRS.items():
         timings[pair, method] = res.ms_per_step
         if method == "icfm":
             per_t_icfm = res.per_t
+
+# %%
 # NBVAL_IGNORE_OUTPUT
+# wall-clock times vary run to run; everything else in this notebook is deterministic
 for (pair, method), ms in timings.items():
     print(f"{pair:20s} {method:15s} {ms:6.2f} ms/step")
 

@@ -7,10 +7,14 @@ For each chapter ``notebooks/NN_topic.py`` (jupytext py:percent) this converts
 the source to a notebook, executes it **once** with papermill on the venv's
 named kernel (``quick`` injected as a parameter, ``MINIGEN_QUICK`` set, one
 BLAS/torch thread per worker) and writes ``<out>/NN_topic.ipynb`` with its
-outputs; the book renders these without executing again. It then writes the
-results table (``results/RESULTS.md`` and the README's table for full mode,
-``results/<mode>/RESULTS.md`` otherwise) and, with ``--check``, asserts the
-full-mode targets in ``TARGETS``.
+outputs; the book renders these without executing again. ``--gpu`` runs the
+full settings with ``gpu=True`` where a notebook declares it and no thread cap.
+
+It then writes the results tables: ``results/RESULTS.md`` from ``results/full/``
+(and, for a CPU ``--full`` run, the headline table between the README's
+``<!-- results:start -->`` / ``<!-- results:end -->`` markers), or
+``results/quick/RESULTS.md`` for ``--quick``. ``--check`` asserts the full-mode
+targets in ``TARGETS``; a failing notebook or a missed target exits non-zero.
 """
 
 from __future__ import annotations
@@ -43,6 +47,19 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
         "w2sq_adaptive_otcfm_8gaussians-moons": ("<=", 0.15),
         "ratio_w2sq_euler1_icfm_over_otcfm_8gaussians-moons": (">=", 20.0),
     },
+}
+
+# The README shows these headline figures per chapter (results/RESULTS.md shows all);
+# a chapter not listed here shows its TARGETS metrics, or all its metrics if it has none.
+HEADLINE: dict[str, list[str]] = {
+    "00_unified_picture": [f"conversion_rel_err_{p}" for p in
+                           ("linear", "vp_cosine", "vp_linear", "ve")],
+    "01_flow_matching": [
+        "w2sq_euler1_icfm_8gaussians-moons", "w2sq_euler1_otcfm_8gaussians-moons",
+        "ratio_w2sq_euler1_icfm_over_otcfm_8gaussians-moons",
+        "w2sq_adaptive_icfm_8gaussians-moons", "w2sq_adaptive_otcfm_8gaussians-moons",
+        "nfe_adaptive_icfm_8gaussians-moons", "nfe_adaptive_otcfm_8gaussians-moons",
+        "nll_checkerboard_icfm", "nll_checkerboard_true_entropy"],
 }
 
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
@@ -157,7 +174,8 @@ def execute_one(source: str, out_dir: str, mode: str, kernel: str) -> RunResult:
             log_output=False, request_save_on_cell_execute=False)
         return RunResult(src.stem, time.perf_counter() - t0)
     except Exception as exc:  # noqa: BLE001 - reported, and the run goes on
-        return RunResult(src.stem, time.perf_counter() - t0, error=describe_error(exc))
+        error = f"{describe_error(exc)}\n(outputs so far: {target})"
+        return RunResult(src.stem, time.perf_counter() - t0, error=error)
     finally:
         staged.unlink(missing_ok=True)
 
@@ -174,7 +192,7 @@ def describe_error(exc: Exception) -> str:
 
 
 def run_all(chapters: list[Path], out_dir: Path, mode: str, jobs: int) -> list[RunResult]:
-    """Execute the chapters on ``jobs`` worker processes, printing each wall time as it ends."""
+    """Execute the chapters on ``jobs`` worker processes; print each wall time, in order."""
     kernel = ensure_kernel()
     os.environ.update(run_env(mode))  # inherited by the workers and their kernels
     ctx = multiprocessing.get_context("spawn")
@@ -233,6 +251,29 @@ def results_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def headline_names(chapter: str, metrics: dict) -> list[str]:
+    """The metrics the README shows for a chapter (see ``HEADLINE``)."""
+    names = HEADLINE.get(chapter) or list(TARGETS.get(chapter, {})) or list(metrics)
+    return [n for n in names if n in metrics]
+
+
+def headline_table(records: list[dict]) -> str:
+    """Markdown table of the headline figures, with each one's full-mode target if any."""
+    lines = ["| chapter | metric | value | unit | better | target |",
+             "|---|---|---:|---|---|---|"]
+    for rec in records:
+        chapter, metrics = rec["chapter"], rec.get("metrics", {})
+        for name in headline_names(chapter, metrics):
+            m = metrics[name]
+            target = TARGETS.get(chapter, {}).get(name)
+            target_text = f"{target[0]} {target[1]:g}" if target else ""
+            lines.append(f"| {chapter} | `{name}` | {format_value(m['value'])} "
+                         f"| {m.get('unit', '')} | {m.get('better', '')} | {target_text} |")
+    if len(lines) == 2:
+        lines.append("| – | – | – | – | – | – |")
+    return "\n".join(lines)
+
+
 def provenance(records: list[dict]) -> str:
     """One line saying where the numbers come from (devices, torch, threads, commit)."""
     def uniq(key):
@@ -284,11 +325,11 @@ def check_targets(mode: str, chapters: list[str]) -> list[str]:
         metrics = json.loads(path.read_text())["metrics"] if path.is_file() else {}
         for name, (op, threshold) in targets.items():
             if name not in metrics:
-                misses.append(f"{chapter}: {name} missing (target {op} {threshold})")
+                misses.append(f"{chapter}: {name} missing (target {op} {threshold:g})")
                 continue
             value = metrics[name]["value"]
             if not _OPS[op](value, threshold):
-                misses.append(f"{chapter}: {name} = {value:.4g}, target {op} {threshold}")
+                misses.append(f"{chapter}: {name} = {value:.4g}, target {op} {threshold:g}")
     return misses
 
 
@@ -337,9 +378,12 @@ def main(argv: list[str] | None = None) -> int:
         write_timings(out_dir, args.mode, results, total)
         print(f"reproduce: total wall time {total:.1f} s", flush=True)
         failed = [r for r in results if r.error]
-    print(f"reproduce: wrote {write_results_md(root, args.mode).relative_to(root)}")
+    # Notebooks record mode="quick" if quick else "full": a --gpu run lands in results/full/
+    # (each record says its device), but only a CPU --full run rewrites the README table.
+    results_mode = "quick" if args.mode == "quick" else "full"
+    print(f"reproduce: wrote {write_results_md(root, results_mode).relative_to(root)}")
     if args.mode == "full":
-        table = results_table(load_results("full"))
+        table = headline_table(load_results("full"))
         if update_readme(root / "README.md", table):
             print("reproduce: updated the results table in README.md")
         else:
@@ -352,14 +396,14 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr)
         code = 1
     if args.check:
-        code |= report_check(args.mode, [p.stem for p in chapters])
+        code |= report_check(results_mode, [p.stem for p in chapters])
     return code
 
 
 def report_check(mode: str, chapters: list[str]) -> int:
     """Print target misses for ``--check``; return 1 if there are any."""
     if mode == "quick":
-        print("reproduce: --check asserts the full-mode targets; run with --full or --gpu",
+        print("reproduce: --check asserts the full-mode targets; use --full or --gpu",
               file=sys.stderr)
         return 1
     misses = check_targets(mode, chapters)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -62,9 +63,10 @@ def toc_files(toc: dict) -> list[str]:
 
 
 def chapter_pages() -> list[str]:
-    """Site-relative URLs of the chapter pages listed in ``book/_toc.yml``."""
+    """Site-relative URLs of the chapter notebooks (``notebooks/...``) in ``book/_toc.yml``."""
     toc = yaml.safe_load((BOOK / "_toc.yml").read_text())
-    return [f"{Path(f).with_suffix('').as_posix()}.html" for f in toc_files(toc)]
+    return [f"{Path(f).with_suffix('').as_posix()}.html" for f in toc_files(toc)
+            if f.startswith("notebooks/")]
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -156,6 +158,25 @@ def test_chapter_renders_offline(offline_page, site_url, rel):
     assert rows.count() >= 1, f"{rel}: no results table (table.minigen-results) with rows"
 
     assert not page.blocked, f"{rel}: requests to the network were blocked: {page.blocked}"
+
+
+REMOTE_TAG = re.compile(
+    r"<(script|link|img|iframe|source|video|audio)\b[^>]*\b(src|href)\s*=\s*[\"']?"
+    r"((https?:)?//[^\"'\s>]+)", re.I)
+REMOTE_CSS = re.compile(r"(@import\s+|url\()\s*[\"']?((https?:)?//[^\"')\s]+)", re.I)
+
+
+def test_no_remote_assets_in_built_html():
+    """No page or stylesheet of the site names a remote script, stylesheet, image or font."""
+    if not (SITE / "index.html").is_file():
+        missing(f"no built book at {SITE}: run `make book-quick` (or `make book`) first")
+    found = []
+    for path in sorted(SITE.rglob("*.html")) + sorted(SITE.rglob("*.css")):
+        text = path.read_text(errors="replace")
+        pattern = REMOTE_CSS if path.suffix == ".css" else REMOTE_TAG
+        found += [f"{path.relative_to(SITE)}: {m.group(2 if path.suffix == '.css' else 3)}"
+                  for m in pattern.finditer(text)]
+    assert not found, "remote assets in the built site:\n" + "\n".join(found)
 
 
 def test_toc_lists_chapters():

@@ -1,0 +1,99 @@
+"""minigen.reproduce without executing notebooks: selection, tables, README markers, targets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from minigen import reproduce
+
+
+def write_result(base, mode, chapter, metrics):
+    path = base / mode / f"{chapter}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "chapter": chapter, "mode": mode, "seed": 0, "git_sha": "abc", "torch": "2", "device":
+        "cpu", "threads": 1, "wall_s": 1.0,
+        "metrics": {k: {"value": v, "unit": "", "better": "lower"} for k, v in metrics.items()}}))
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIGEN_RESULTS_DIR", str(tmp_path))
+    return tmp_path
+
+
+@pytest.fixture
+def repo(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    for stem in ("00_intro", "01_flow", "02_diffusion"):
+        (tmp_path / "notebooks" / f"{stem}.py").write_text("")
+    (tmp_path / "notebooks" / "helper.py").write_text("")
+    return tmp_path
+
+
+def test_select_by_number_stem_or_all(repo):
+    stems = lambda ps: [p.stem for p in ps]
+    assert stems(reproduce.select_chapters(repo, [])) == ["00_intro", "01_flow", "02_diffusion"]
+    assert stems(reproduce.select_chapters(repo, ["02", "01_flow"])) == ["02_diffusion",
+                                                                         "01_flow"]
+    assert stems(reproduce.select_chapters(repo, ["notebooks/00_intro.py"])) == ["00_intro"]
+    with pytest.raises(SystemExit, match="no chapter '07'"):
+        reproduce.select_chapters(repo, ["07"])
+
+
+def test_quick_mode_sets_env_and_one_thread():
+    env = reproduce.run_env("quick")
+    assert env["MINIGEN_QUICK"] == "1" and env["TQDM_DISABLE"] == "1"
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
+    assert reproduce.run_env("full")["MINIGEN_QUICK"] == "0"
+    assert "OMP_NUM_THREADS" not in reproduce.run_env("gpu")
+
+
+def test_results_table_lists_every_metric(results):
+    write_result(results, "full", "01_flow", {"w2": 0.12345678, "nfe": 38})
+    table = reproduce.results_table(reproduce.load_results("full"))
+    lines = table.splitlines()
+    assert lines[0] == "| chapter | metric | value | unit | better |"
+    assert "| 01_flow | `w2` | 0.1235 |  | lower |" in lines
+    assert len(lines) == 4
+
+
+def test_readme_markers(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- results:start -->\nold\n<!-- results:end -->\nb\n")
+    assert reproduce.update_readme(readme, "| new |")
+    assert readme.read_text() == "a\n<!-- results:start -->\n| new |\n<!-- results:end -->\nb\n"
+    readme.write_text("no markers\n")
+    assert not reproduce.update_readme(readme, "| new |")
+    assert readme.read_text() == "no markers\n"
+
+
+def test_check_targets_reports_misses_and_missing(results, monkeypatch):
+    monkeypatch.setattr(reproduce, "TARGETS", {
+        "01_flow": {"w2": ("<=", 0.15), "ratio": (">=", 20.0), "gone": ("<=", 1.0)}})
+    write_result(results, "full", "01_flow", {"w2": 0.1, "ratio": 7.5})
+    misses = reproduce.check_targets("full", ["01_flow"])
+    assert misses == ["01_flow: ratio = 7.5, target >= 20",
+                      "01_flow: gone missing (target <= 1)"]
+    assert reproduce.check_targets("full", ["00_other"]) == []
+    assert len(reproduce.check_targets("full", ["01_flow", "02_none"])) == 2
+
+
+def test_missing_results_file_misses_every_target(results):
+    chapter = next(iter(reproduce.TARGETS))
+    misses = reproduce.check_targets("full", [chapter])
+    assert len(misses) == len(reproduce.TARGETS[chapter])
+    assert all("missing" in m for m in misses)
+
+
+def test_headline_table_shows_targets(results, monkeypatch):
+    monkeypatch.setattr(reproduce, "TARGETS", {"01_flow": {"w2": ("<=", 0.15)}})
+    monkeypatch.setattr(reproduce, "HEADLINE", {})
+    write_result(results, "full", "01_flow", {"w2": 0.1, "nfe": 38})
+    write_result(results, "full", "02_x", {"a": 1.0})
+    lines = reproduce.headline_table(reproduce.load_results("full")).splitlines()
+    assert "| 01_flow | `w2` | 0.1 |  | lower | <= 0.15 |" in lines
+    assert not any("`nfe`" in line for line in lines)  # not a headline
+    assert "| 02_x | `a` | 1 |  | lower |  |" in lines  # no targets: every metric
