@@ -57,16 +57,16 @@ class ExactOT:
         return "ExactOT()"
 
 
-def sinkhorn_log_plan(x0: Tensor, x1: Tensor, reg: float, n_iter: int) -> Tensor:
+def sinkhorn_log_plan(c: Tensor, reg: float, n_iter: int) -> Tensor:
     """Log of the entropic OT plan between uniform batches (Cuturi, 2013), log domain:
 
         pi = argmin <pi, C> - reg H(pi),   pi_ij = exp((f_i + g_j - C_ij) / reg).
 
-    ``reg`` is in the units of the squared distance. Returns log pi: (B, B).
+    ``c`` is the cost matrix (B, B), e.g. ``squared_distances(x0, x1)``; ``reg`` is in its
+    units. Returns log pi: (B, B).
     """
     if reg <= 0 or n_iter <= 0:
         raise ValueError(f"reg and n_iter must be positive, got {reg}, {n_iter}")
-    c = squared_distances(x0, x1)
     n, m = c.shape
     log_a, log_b = -math.log(n), -math.log(m)
     f = torch.zeros(n, dtype=c.dtype, device=c.device)
@@ -78,15 +78,16 @@ def sinkhorn_log_plan(x0: Tensor, x1: Tensor, reg: float, n_iter: int) -> Tensor
     return k + (f[:, None] + g[None, :]) / reg
 
 
-def sinkhorn_plan(x0: Tensor, x1: Tensor, reg: float, n_iter: int) -> Tensor:
+def sinkhorn_plan(c: Tensor, reg: float, n_iter: int) -> Tensor:
     """Entropic OT plan by Sinkhorn's matrix scaling in the kernel domain, float64:
     K = exp(-(C - min C) / reg), then u = a / K v, v = b / K^T u. Each iteration is two
     matrix-vector products, so few iterations cost little. Use ``sinkhorn_log_plan``
-    when reg is so small that K underflows. Returns pi: (B, B).
+    when reg is so small that K underflows. ``c`` is the cost matrix (B, B).
+    Returns pi: (B, B).
     """
     if reg <= 0 or n_iter <= 0:
         raise ValueError(f"reg and n_iter must be positive, got {reg}, {n_iter}")
-    c = squared_distances(x0, x1).double()
+    c = c.double()
     k = torch.exp(-(c - c.min()) / reg)
     if (k.sum(1) == 0).any() or (k.sum(0) == 0).any():
         raise FloatingPointError(f"Sinkhorn kernel underflows at reg={reg:g}: use log_domain=True "
@@ -117,7 +118,7 @@ class SinkhornOT:
     ``log_domain=True`` is the stable choice for a very small ``reg``.
     """
 
-    def __init__(self, reg: float = 0.05, n_iter: int = 20, relative: bool = True,
+    def __init__(self, reg: float = 0.1, n_iter: int = 10, relative: bool = True,
                  log_domain: bool = False):
         if reg <= 0 or n_iter <= 0:
             raise ValueError(f"reg and n_iter must be positive, got {reg}, {n_iter}")
@@ -126,13 +127,12 @@ class SinkhornOT:
     def __call__(self, x0: Tensor, x1: Tensor, generator: torch.Generator | None = None):
         _check_pair(x0, x1)
         with torch.no_grad():
-            reg = self.reg
-            if self.relative:
-                reg = self.reg * float(squared_distances(x0, x1).mean())
+            c = squared_distances(x0, x1)
+            reg = self.reg * float(c.mean()) if self.relative else self.reg
             if self.log_domain:
-                probs = torch.softmax(sinkhorn_log_plan(x0, x1, reg, self.n_iter), 1)
+                probs = torch.softmax(sinkhorn_log_plan(c, reg, self.n_iter), 1)
             else:
-                probs = sinkhorn_plan(x0, x1, reg, self.n_iter)
+                probs = sinkhorn_plan(c, reg, self.n_iter)
             j = sample_rows(probs, generator)
         return x0, x1[j]
 

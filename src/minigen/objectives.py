@@ -118,7 +118,7 @@ def per_t_loss(t: Tensor, loss: Tensor, bins: int = 10) -> tuple[Tensor, Tensor]
 
 
 def cfm_variant(name: str, source_is_gaussian: bool = True, *, gibbs_eps: float = 1.0,
-                bridge_s: float = 0.5, sinkhorn_reg: float = 0.02, sinkhorn_iter: int = 10) -> CFM:
+                bridge_s: float = 0.5, sinkhorn_reg: float = 0.1, sinkhorn_iter: int = 10) -> CFM:
     """The flow-matching variants of chapter 01, each one field away from I-CFM:
 
     ``icfm``  independent pairs, linear path (Lipman et al., 2023; Tong et al., 2024)

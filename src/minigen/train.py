@@ -43,8 +43,8 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module) -> None:
-        for pe, p in zip(self.model.parameters(), model.parameters()):
-            pe.lerp_(p.detach(), 1 - self.decay)
+        torch._foreach_lerp_(list(self.model.parameters()),
+                             [p.detach() for p in model.parameters()], 1 - self.decay)
 
 
 @dataclass
