@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .couplings import gibbs_weights, independent
 from .paths import GaussianPath, PathSample
@@ -85,14 +86,16 @@ class CFM:
         """Pair the batch, draw t (and bridge noise z), and sample the path."""
         x0, x1 = self.coupling(x0, x1, generator)
         t = sample_time(len(x1), generator, self.time_sampler, self.time_loc, self.time_scale)
-        t = t.clamp(self.path.t_min, self.path.t_max).to(x1)
+        if self.path.t_min > 0 or self.path.t_max < 1:  # keep t where the schedule is finite
+            t = t.clamp(self.path.t_min, self.path.t_max)
+        t = t.to(x1)
         z = torch.randn(x1.shape, generator=generator).to(x1) if self.path.has_bridge_noise else None
         return self.path.sample(x0, x1, t, z)
 
     def per_sample_loss(self, model, x0: Tensor, x1: Tensor, generator: torch.Generator):
         """Per-sample weighted squared errors (B,) and their times t (B,)."""
         ps = self.sample_path(x0, x1, generator)
-        err = (model(ps.xt, ps.t) - regression_target(ps, self.prediction)).pow(2)
+        err = F.mse_loss(model(ps.xt, ps.t), regression_target(ps, self.prediction), reduction="none")
         loss = err.reshape(len(err), -1).mean(1)
         if self.gibbs_eps is not None:
             loss = loss * gibbs_weights(ps.x0, ps.x1, self.gibbs_eps)

@@ -59,7 +59,11 @@ HEADLINE: dict[str, list[str]] = {
         "ratio_w2sq_euler1_icfm_over_otcfm_8gaussians-moons",
         "w2sq_adaptive_icfm_8gaussians-moons", "w2sq_adaptive_otcfm_8gaussians-moons",
         "nfe_adaptive_icfm_8gaussians-moons", "nfe_adaptive_otcfm_8gaussians-moons",
-        "nll_checkerboard_icfm", "nll_checkerboard_true_entropy"],
+        "w2sq_euler1_otcfm_sinkhorn_8gaussians-moons", "w2sq_euler1_wcfm_8gaussians-moons",
+        "w2sq_euler1_sbcfm_8gaussians-moons",
+        "ms_per_step_icfm_8gaussians-moons", "ms_per_step_otcfm_8gaussians-moons",
+        "ms_per_step_otcfm_sinkhorn_8gaussians-moons",
+        "nll_checkerboard_icfm", "nll_checkerboard_otcfm", "nll_checkerboard_true_entropy"],
 }
 
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
