@@ -148,7 +148,7 @@ def minigen_train(model0: MLP, cfg: Config, sample: Callable, cfm: objectives.CF
 
     def run(seed: int, k: int) -> float:
         with quiet_stderr() if kw["progress"] else contextlib.nullcontext():
-            return train(model, cfm.per_sample_loss, sample, steps=k, seed=seed, **kw).wall_s
+            return train(model, cfm.loss, sample, steps=k, seed=seed, **kw).wall_s
 
     run.model = model
     return run
@@ -321,7 +321,7 @@ def quality(cfg: Config) -> dict:
     x1 = data.moons(cfg.n_eval, eval_gen)
     out = {"floor": wasserstein2_squared(data.moons(cfg.n_eval, eval_gen), x1)}
     for name in ("icfm", "otcfm", "otcfm_sinkhorn"):
-        res = train(initial_mlp(cfg.seed), variant(name, cfg).per_sample_loss, sample,
+        res = train(initial_mlp(cfg.seed), variant(name, cfg).loss, sample,
                     steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, ema_decay=cfg.ema_decay,
                     progress=False, device="cpu")
         out[name] = w2sq_at_steps(res.ema, x0, x1, steps=(1, 8, 100))

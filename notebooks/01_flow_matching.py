@@ -132,6 +132,9 @@ fig.tight_layout()
 show_source(objectives.CFM.per_sample_loss)
 
 # %%
+show_source(objectives.CFM.loss)
+
+# %%
 show_source(objectives.cfm_variant)
 
 # %% [markdown]
@@ -152,7 +155,7 @@ for pair, (src, dst) in PAIRS.items():
         net = MLP(2, width=64, depth=3, activation="selu")
         batch = lambda gen, s=src, d=dst: (data.sample_2d(s, batch_size, gen),
                                            data.sample_2d(d, batch_size, gen))
-        res = train(net, cfm.per_sample_loss, batch, steps=n_steps, lr=1e-3, seed=seed,
+        res = train(net, cfm.loss, batch, steps=n_steps, lr=1e-3, seed=seed,
                     ema_decay=ema_decay, per_t_bins=10, progress=False, device="cpu")
         models[pair, method] = res.ema
         timings[pair, method] = res.ms_per_step

@@ -187,7 +187,7 @@ def test_wcfm_small_temperature_moves_path_energy_toward_otcfm():
         torch.manual_seed(0)
         net = MLP(2)
         batch = lambda gen_: (data.eight_gaussians(128, gen_), data.moons(128, gen_))
-        res = train(net, cfm.per_sample_loss, batch, steps=600, progress=False, device="cpu",
+        res = train(net, cfm.loss, batch, steps=600, progress=False, device="cpu",
                     ema_decay=0.99)
         npe[name] = normalized_path_energy(path_energy(res.ema, x0, 50), w2)
     assert npe["otcfm"] < npe["wcfm"] < npe["icfm"], npe

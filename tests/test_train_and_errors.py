@@ -20,7 +20,7 @@ def _run(steps, ckpt=None, every=0):
     torch.manual_seed(0)
     net = MLP(2, width=16, depth=2)
     batch = lambda g: (data.eight_gaussians(32, g), data.moons(32, g))
-    return train(net, cfm.per_sample_loss, batch, steps=steps, progress=False, device="cpu",
+    return train(net, cfm.loss, batch, steps=steps, progress=False, device="cpu",
                  ema_decay=0.9, per_t_bins=5, grad_clip=1.0, checkpoint=ckpt,
                  checkpoint_every=every)
 
@@ -54,7 +54,8 @@ def test_corrupt_checkpoint_raises_a_clear_error(tmp_path):
 
 def test_non_finite_loss_raises():
     net = MLP(2, width=8, depth=1)
-    bad = lambda model, x, generator: (model(x, torch.zeros(len(x))).sum(1) * math.inf, None)
+    bad = lambda model, x, generator, per_sample: ((model(x, torch.zeros(len(x))) * math.inf).mean(),
+                                                  None, None)
     with pytest.raises(FloatingPointError, match="non-finite"):
         train(net, bad, lambda g: (torch.randn(4, 2, generator=g),), steps=3, progress=False,
               device="cpu")

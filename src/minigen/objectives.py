@@ -92,14 +92,32 @@ class CFM:
         z = torch.randn(x1.shape, generator=generator).to(x1) if self.path.has_bridge_noise else None
         return self.path.sample(x0, x1, t, z)
 
+    def _prediction_and_target(self, model, x0: Tensor, x1: Tensor, generator: torch.Generator):
+        ps = self.sample_path(x0, x1, generator)
+        return model(ps.xt, ps.t), regression_target(ps, self.prediction), ps
+
     def per_sample_loss(self, model, x0: Tensor, x1: Tensor, generator: torch.Generator):
         """Per-sample weighted squared errors (B,) and their times t (B,)."""
-        ps = self.sample_path(x0, x1, generator)
-        err = F.mse_loss(model(ps.xt, ps.t), regression_target(ps, self.prediction), reduction="none")
-        loss = err.reshape(len(err), -1).mean(1)
+        pred, target, ps = self._prediction_and_target(model, x0, x1, generator)
+        loss = F.mse_loss(pred, target, reduction="none").flatten(1).mean(1)
         if self.gibbs_eps is not None:
             loss = loss * gibbs_weights(ps.x0, ps.x1, self.gibbs_eps)
         return loss, ps.t
+
+    def loss(self, model, x0: Tensor, x1: Tensor, generator: torch.Generator,
+             per_sample: bool = True):
+        """What ``train`` needs: (scalar loss to differentiate, per-sample losses (B,) without
+        gradient for the per-t diagnostic — or None when ``per_sample`` is False — and t (B,)).
+        Unweighted, the mean is one fused reduction, as a hand-written loop would do it."""
+        if self.gibbs_eps is not None:
+            losses, t = self.per_sample_loss(model, x0, x1, generator)
+            return losses.mean(), losses.detach(), t
+        pred, target, ps = self._prediction_and_target(model, x0, x1, generator)
+        losses = None
+        if per_sample:
+            with torch.no_grad():
+                losses = (pred - target).pow(2).flatten(1).mean(1)
+        return F.mse_loss(pred, target), losses, ps.t
 
     def velocity(self, model) -> Callable:
         """The velocity field v(x, t) of a model trained with this objective."""

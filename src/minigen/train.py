@@ -2,7 +2,9 @@
 the per-t loss diagnostic, atomic checkpoints and exact resume.
 
 Every paradigm trains through ``train``: it needs a model, a
-``loss_fn(model, *batch, generator) -> (per_sample_loss (B,), t (B,) or None)``
+``loss_fn(model, *batch, generator, per_sample) -> (loss, per_sample (B,) or None, t (B,) or None)``
+(the scalar loss to differentiate, and — when ``per_sample`` is True — detached
+per-sample losses with their times for the per-t diagnostic; ``CFM.loss`` is one)
 and a ``sample_batch(generator) -> tuple of tensors``. All randomness of a run
 flows through one ``torch.Generator`` whose state is checkpointed, so a resumed
 run continues exactly where it stopped.
@@ -125,13 +127,13 @@ def train(model: torch.nn.Module, loss_fn: Callable, sample_batch: Callable, *, 
             st["per_t_sums"], st["per_t_counts"] = sums, counts
         return st
 
+    want_per_sample = per_t_bins > 0
     pending: list[torch.Tensor] = []
     bar = tqdm(total=steps, initial=start, disable=not progress, mininterval=1.0, leave=False)
     t_start = time.perf_counter()
     for step in range(start, steps):
         batch = [b.to(device) for b in sample_batch(gen)]
-        per_sample, t = loss_fn(model, *batch, generator=gen)
-        loss = per_sample.mean()
+        loss, per_sample, t = loss_fn(model, *batch, generator=gen, per_sample=want_per_sample)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
@@ -139,7 +141,7 @@ def train(model: torch.nn.Module, loss_fn: Callable, sample_batch: Callable, *, 
         opt.step()
         if ema is not None:
             ema.update(model)
-        if per_t_bins and t is not None:
+        if per_t_bins and t is not None and per_sample is not None:
             s, c = per_t_loss(t, per_sample, per_t_bins)
             sums += s
             counts += c
