@@ -103,20 +103,12 @@ def train(model: torch.nn.Module, loss_fn: Callable, sample_batch: Callable, *, 
     gen = torch.Generator().manual_seed(seed)
     opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
     ema = EMA(model, ema_decay) if ema_decay else None
-    losses: list[float] = []
-    sums = torch.zeros(per_t_bins)
-    counts = torch.zeros(per_t_bins)
-    start = 0
+    start, losses = 0, []
+    sums, counts = torch.zeros(per_t_bins), torch.zeros(per_t_bins)
     if checkpoint is not None and Path(checkpoint).exists():
-        st = load_checkpoint(checkpoint)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        gen.set_state(st["generator"])
-        start, losses = int(st["step"]), list(st["losses"])
-        if ema is not None and "ema" in st:
-            ema.model.load_state_dict(st["ema"])
-        if per_t_bins and "per_t_sums" in st:
-            sums, counts = st["per_t_sums"], st["per_t_counts"]
+        start, losses, per_t_state = _restore(load_checkpoint(checkpoint), model, opt, gen, ema)
+        if per_t_bins and per_t_state is not None:
+            sums, counts = per_t_state
 
     def state_at(step):
         st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
@@ -164,6 +156,17 @@ def train(model: torch.nn.Module, loss_fn: Callable, sample_batch: Callable, *, 
         per_t = (centres, sums / counts.clamp_min(1))
     return TrainResult(model.eval(), ema.model if ema else None, losses, per_t, wall,
                        1000 * wall / max(n_run, 1), n_run)
+
+
+def _restore(st: dict, model, opt, gen: torch.Generator, ema: EMA | None):
+    """Load a checkpoint's states in place; return (step, losses, per-t sums and counts or None)."""
+    model.load_state_dict(st["model"])
+    opt.load_state_dict(st["optimizer"])
+    gen.set_state(st["generator"])
+    if ema is not None and "ema" in st:
+        ema.model.load_state_dict(st["ema"])
+    per_t = (st["per_t_sums"], st["per_t_counts"]) if "per_t_sums" in st else None
+    return int(st["step"]), list(st["losses"]), per_t
 
 
 def _flush(pending: list, losses: list, step: int) -> None:
