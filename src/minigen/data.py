@@ -218,3 +218,20 @@ def bits_per_dim(log_density: Tensor, dim: int, n_levels: int) -> Tensor:
         bpd = -(log p(y) / D + log(2 / K)) / log 2.
     """
     return -(log_density / dim + math.log(2.0 / n_levels)) / math.log(2.0)
+
+
+def downsample_mnist(x: Tensor, size: int = 14) -> Tensor:
+    """Average-pool 0..255 MNIST levels from 28x28 to ``size`` x ``size``, kept as integer levels.
+
+    Each output pixel is the mean of a (28/size)² block of levels, rounded to the
+    nearest integer (ties to even, ``torch.round``), so the result is again
+    uint8 on the 0..255 scale and ``to_unit_interval`` / ``dequantize`` /
+    ``bits_per_dim`` with ``n_levels = 256`` apply unchanged. ``size`` must
+    divide 28 (28, 14, 7, 4, 2, 1). Shapes: (N, 1, 28, 28) -> (N, 1, size, size).
+    """
+    if x.ndim != 4 or tuple(x.shape[2:]) != (28, 28):
+        raise ValueError(f"expected MNIST levels of shape (N, C, 28, 28), got {tuple(x.shape)}")
+    if not isinstance(size, int) or size <= 0 or 28 % size:
+        raise ValueError(f"size must be a positive divisor of 28, got {size!r}")
+    pooled = torch.nn.functional.avg_pool2d(x.double(), 28 // size)
+    return pooled.round().clamp(0, 255).to(torch.uint8)
