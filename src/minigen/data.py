@@ -202,10 +202,16 @@ def to_unit_interval(levels: Tensor, n_levels: int) -> Tensor:
 def dequantize(levels: Tensor, n_levels: int, generator: torch.Generator) -> Tensor:
     """Uniform dequantisation to [-1, 1]: y = 2 (k + u) / K - 1, u ~ U[0, 1).
 
+    u is clamped to [K 2^-21, 1 - K 2^-21] so that float32 y stays in bin k and
+    ``floor((y + 1) K / 2)`` returns k (at K = 256, 2.4e-4 of the mass moves by < 1.2e-4 in u).
+
     A density p(y) on [-1, 1]^D gives the discrete model P(k) >= (2/K)^D p(y)
     (Theis et al., 2016); see ``bits_per_dim``.
     """
-    u = torch.rand(levels.shape, generator=_gen(generator))
+    # keep u a few float32 ulps (on the 0..K scale) inside [0, 1): otherwise rounding can put y
+    # on the next bin's edge (k + u rounds to k + 1 for u near 1; y = 1.0 for the top level)
+    margin = n_levels * 2.0**-21
+    u = torch.rand(levels.shape, generator=_gen(generator)).clamp(margin, 1 - margin)
     return (levels.float() + u) / n_levels * 2 - 1
 
 

@@ -72,7 +72,7 @@ def sliced_wasserstein(x: Tensor, y: Tensor, generator: torch.Generator,
 
 @torch.no_grad()
 def path_energy(v: Callable, x0: Tensor, steps: int = 100) -> float:
-    """E ∫_0^1 ||v(x_t, t)||² dt along Euler trajectories from x0 (midpoint-rule in t)."""
+    """E ∫_0^1 ||v(x_t, t)||² dt along Euler trajectories from x0 (left-point rule in t)."""
     x, h, total = x0, 1.0 / steps, torch.zeros(len(x0), dtype=x0.dtype)
     for k in range(steps):
         vel = _v(v, x, k * h)

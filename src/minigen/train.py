@@ -13,6 +13,7 @@ run continues exactly where it stopped.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -94,9 +95,9 @@ def train(model: torch.nn.Module, loss_fn: Callable, sample_batch: Callable, *, 
     steps and at the end, and an existing one is resumed from.
     A non-finite loss raises ``FloatingPointError`` (checked every ``check_every`` steps).
     """
-    if steps < 0 or lr <= 0:
-        raise ValueError(f"need steps >= 0 and lr > 0, got {steps}, {lr}")
-    if grad_clip is not None and grad_clip <= 0:
+    if steps < 0 or not 0 < lr < math.inf:  # written so that NaN is refused too
+        raise ValueError(f"need steps >= 0 and 0 < lr < inf, got {steps}, {lr}")
+    if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"grad_clip must be > 0, got {grad_clip}")
     device = torch.device(device) if device is not None else pick_device()
     model.to(device).train()
@@ -147,9 +148,9 @@ def train(model: torch.nn.Module, loss_fn: Callable, sample_batch: Callable, *, 
             save_checkpoint(checkpoint, state_at(step + 1))
     wall = time.perf_counter() - t_start
     bar.close()
-    if checkpoint is not None:
-        save_checkpoint(checkpoint, state_at(steps))
-    n_run = steps - start
+    if checkpoint is not None:  # a checkpoint already past ``steps`` keeps its own step count
+        save_checkpoint(checkpoint, state_at(max(steps, start)))
+    n_run = max(steps - start, 0)
     per_t = None
     if per_t_bins:
         centres = (torch.arange(per_t_bins) + 0.5) / per_t_bins

@@ -1,0 +1,161 @@
+"""Bad input gets a clear error (DESIGN.md, Conventions): each case raises the documented
+exception with a message that names the problem."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from minigen import couplings, data, objectives, paths, record, solvers
+from minigen.gaussian import GaussianTarget
+from minigen.nets import MLP
+from minigen.train import EMA
+
+torch.set_num_threads(1)
+X = torch.zeros(4, 2)
+T = torch.full((4,), 0.5)
+
+
+def test_unknown_path_name():
+    with pytest.raises(ValueError, match=r"unknown path 'diagonal'; choose from \['bridge'"):
+        paths.make_path("diagonal")
+
+
+def test_unknown_solver():
+    with pytest.raises(ValueError, match="unknown solver 'rk45'; choose from"):
+        solvers.integrate(lambda x, t: x, X, "rk45")
+
+
+def test_unknown_prediction_type():
+    with pytest.raises(ValueError, match="unknown prediction type 'noise'"):
+        paths.LinearPath().convert(X, X, T, "velocity", "noise")
+    with pytest.raises(ValueError, match="unknown prediction type 'v'"):
+        paths.LinearPath().convert(X, X, T, "v", "x1")
+    with pytest.raises(ValueError, match="unknown prediction type 'score'"):
+        objectives.CFM(paths.LinearPath(), prediction="score")
+    with pytest.raises(ValueError, match="epsilon prediction needs a N\\(0, I\\) source"):
+        objectives.CFM(paths.LinearPath(source_is_gaussian=False), prediction="epsilon")
+
+
+def test_unknown_time_sampler():
+    with pytest.raises(ValueError, match="unknown time sampler 'beta'"):
+        objectives.sample_time(4, torch.Generator(), "beta")
+    with pytest.raises(ValueError, match="unknown time sampler 'beta'"):
+        objectives.CFM(paths.LinearPath(), time_sampler="beta")
+    with pytest.raises(ValueError, match="logit-normal scale must be > 0"):
+        objectives.sample_time(4, torch.Generator(), "logit_normal", scale=0.0)
+
+
+def test_unknown_names_elsewhere():
+    with pytest.raises(ValueError, match="unknown CFM variant 'rf'"):
+        objectives.cfm_variant("rf")
+    with pytest.raises(ValueError, match="unknown 2D data set 'swissroll'"):
+        data.sample_2d("swissroll", 10, torch.Generator())
+    with pytest.raises(ValueError, match="unknown activation 'swish'"):
+        MLP(2, activation="swish")
+
+
+@pytest.mark.parametrize("shape", [(4, 3), (4,), (4, 1, 2)])
+def test_wrong_x_shape_to_mlp(shape):
+    with pytest.raises(ValueError, match=r"MLP expects x of shape \(B, 2\), got"):
+        MLP(2)(torch.zeros(shape), torch.zeros(shape[0]))
+
+
+def test_mlp_condition_and_sizes():
+    with pytest.raises(ValueError, match=r"MLP expects cond of shape \(B, 3\)"):
+        MLP(2, cond_dim=3)(X, T)
+    with pytest.raises(ValueError, match=r"MLP expects cond of shape \(B, 3\)"):
+        MLP(2, cond_dim=3)(X, T, torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="must be positive"):
+        MLP(2, width=0)
+    assert MLP(2, cond_dim=3)(X, T, torch.zeros(4, 3)).shape == (4, 2)
+
+
+@pytest.mark.parametrize("t", [torch.zeros(3), torch.zeros(4, 1), torch.zeros(2, 2)])
+def test_t_with_a_wrong_shape(t):
+    msg = r"t must be a scalar or have shape \(4,\), got"
+    with pytest.raises(ValueError, match=msg):
+        MLP(2)(X, t)
+    with pytest.raises(ValueError, match=msg):
+        paths.LinearPath().sample(X, X, t)
+    with pytest.raises(ValueError, match=msg):
+        paths.VPCosinePath().convert(X, X, t, "velocity", "x1")
+    with pytest.raises(ValueError, match=msg):
+        GaussianTarget(torch.zeros(2), torch.eye(2)).velocity(paths.LinearPath(), X, t)
+
+
+@pytest.mark.parametrize("steps", [0, -1, 2.5, "10"])
+def test_steps_must_be_a_positive_integer(steps):
+    with pytest.raises(ValueError, match="steps must be a positive integer"):
+        solvers.integrate(lambda x, t: x, X, "euler", steps)
+
+
+def test_mismatched_x0_x1_shapes():
+    with pytest.raises(ValueError, match=r"x0 and x1 must have the same shape, got \(4, 2\) and \(4, 3\)"):
+        paths.LinearPath().sample(X, torch.zeros(4, 3), T)
+    with pytest.raises(ValueError, match="same shape"):
+        paths.VEPath().sample(X, torch.zeros(3, 2), T[:3])
+    with pytest.raises(ValueError, match="need the same batch size, got 3 and 4"):
+        couplings.exact_ot_assignment(torch.zeros(3, 2), X)
+    with pytest.raises(ValueError, match="same batch size"):
+        couplings.independent(torch.zeros(3, 2), X)
+    with pytest.raises(ValueError, match="same batch size"):
+        couplings.SinkhornOT()(torch.zeros(3, 2), X)
+    with pytest.raises(ValueError, match="same batch size"):
+        couplings.gibbs_weights(torch.zeros(3, 2), X, 1.0)
+
+
+@pytest.mark.parametrize("decay", [0.0, 1.0, 1.5, -0.5, math.nan])
+def test_bad_ema_decay(decay):
+    with pytest.raises(ValueError, match=r"EMA decay must be in \(0, 1\)"):
+        EMA(MLP(2), decay)
+
+
+def test_bad_parameters_of_paths_and_couplings():
+    with pytest.raises(ValueError, match="need 0 < beta_min < beta_max"):
+        paths.VPLinearBetaPath(beta_min=30.0)
+    with pytest.raises(ValueError, match="need 0 < sigma_min < sigma_max"):
+        paths.VEPath(sigma_min=5.0, sigma_max=1.0)
+    with pytest.raises(ValueError, match="bridge noise level s must be > 0"):
+        paths.BridgePath(s=-1.0)
+    with pytest.raises(ValueError, match="Gibbs temperature eps must be > 0"):
+        couplings.gibbs_weights(X, X, 0.0)
+    with pytest.raises(ValueError, match="reg and n_iter must be positive"):
+        couplings.SinkhornOT(reg=0.0)
+    with pytest.raises(ValueError, match="reg and n_iter must be positive"):
+        couplings.sinkhorn_plan(torch.ones(2, 2), 1.0, 0)
+    with pytest.raises(ValueError, match="reg and n_iter must be positive"):
+        couplings.sinkhorn_log_plan(torch.ones(2, 2), -1.0, 5)
+
+
+def test_record_with_a_bad_better_or_a_non_finite_value(tmp_path, monkeypatch):
+    monkeypatch.setenv(record.RESULTS_ENV, str(tmp_path))
+    with pytest.raises(ValueError, match="better must be 'lower' or 'higher', got 'smaller'"):
+        record.record("99_bad", {"w2": {"value": 1.0, "unit": "", "better": "smaller"}}, mode="quick",
+                      seed=0, wall_s=0.0)
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(ValueError, match="metric value must be finite"):
+            record.record("99_bad", {"w2": bad}, mode="quick", seed=0, wall_s=0.0)
+    with pytest.raises(ValueError, match="mode must be quick, full or gpu, got 'fast'"):
+        record.record("99_bad", {"w2": 1.0}, mode="fast", seed=0, wall_s=0.0)
+    assert not list(tmp_path.rglob("*"))  # nothing written for a refused record
+    with pytest.raises(ValueError, match="better must be"):
+        record.metric(1.0, "", "smaller")
+
+
+def test_missing_generator():
+    with pytest.raises(ValueError, match="explicit torch.Generator"):
+        data.eight_gaussians(10, None)
+    with pytest.raises(ValueError, match="not Gaussian"):
+        paths.LinearPath(source_is_gaussian=False).prior_sample((2, 2), torch.Generator())
+
+
+def test_bad_metric_inputs():
+    from minigen import metrics
+
+    with pytest.raises(ValueError, match=r"x and y must be \(n, d\) and \(m, d\)"):
+        metrics.wasserstein2_squared(torch.zeros(5, 2), torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="W2² must be > 0"):
+        metrics.normalized_path_energy(1.0, -0.1)
