@@ -14,6 +14,7 @@ import math
 
 import pytest
 import torch
+from moments import assert_moments
 
 from minigen import solvers
 from minigen.ddpm import (
@@ -49,15 +50,6 @@ def exact_eps_model(sched: DDPMSchedule):
         assert torch.all(t == t[0]) and abs((1 - float(t[0])) * sched.T - k) < 1e-6
         return (1 - ab[k]).sqrt() * (x - ab[k].sqrt() * MU) @ c_inv[k].T
     return eps
-
-
-def assert_moments(x, mean, cov, disc_mean=0.0, disc_cov=0.0):
-    n = len(x)
-    se_mean = (cov.diagonal() / n).sqrt()
-    se_cov = ((cov.diagonal()[:, None] * cov.diagonal()[None, :] + cov**2) / n).sqrt()
-    err_mean, err_cov = (x.mean(0) - mean).abs(), (torch.cov(x.T) - cov).abs()
-    assert torch.all(err_mean <= 5 * se_mean + disc_mean), (err_mean, se_mean)
-    assert torch.all(err_cov <= 5 * se_cov + disc_cov), (err_cov, se_cov)
 
 
 def test_schedule_constants_and_continuous_path():

@@ -12,6 +12,7 @@ import math
 
 import pytest
 import torch
+from moments import assert_moments
 
 from minigen import likelihood, solvers
 from minigen.gaussian import GaussianTarget
@@ -35,15 +36,6 @@ def gen(seed: int) -> torch.Generator:
 
 def score_fn(sde):
     return lambda x, t: TARGET.score(sde.path, x, t)
-
-
-def assert_moments(x, mean, cov, disc_mean=0.0, disc_cov=0.0):
-    n = len(x)
-    se_mean = (cov.diagonal() / n).sqrt()
-    se_cov = ((cov.diagonal()[:, None] * cov.diagonal()[None, :] + cov**2) / n).sqrt()
-    err_mean, err_cov = (x.mean(0) - mean).abs(), (torch.cov(x.T) - cov).abs()
-    assert torch.all(err_mean <= 5 * se_mean + disc_mean), (err_mean, se_mean)
-    assert torch.all(err_cov <= 5 * se_cov + disc_cov), (err_cov, se_cov)
 
 
 def test_marginals_are_the_paths():
