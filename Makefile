@@ -36,7 +36,7 @@ MATHJAX_VERSION := 3.2.2
 MATHJAX := book/_vendor/mathjax/tex-mml-chtml.js
 NPM_PREFIX := build/npm
 
-.PHONY: help venv test unit nbval lint book book-quick book-html site-test \
+.PHONY: help venv classifier test unit nbval lint book book-quick book-html site-test \
 	check mathjax clean
 
 help:
@@ -53,7 +53,7 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP)
 
 # ------------------------------------------------------------------ tests
-test: venv
+test: venv classifier
 	$(PY) -m minigen.reproduce --quick --jobs $(JOBS)
 	$(MAKE) --no-print-directory unit nbval lint
 
@@ -68,8 +68,13 @@ nbval: venv
 lint: venv
 	$(PY) -m ruff check .
 
+# The image chapters' FD classifier is trained once (about 20 s) and cached in build/cache/
+# before the notebooks run, so parallel notebooks share it instead of each training it.
+classifier: venv
+	OMP_NUM_THREADS=1 $(PY) -c "from minigen.fd import load_classifier; load_classifier()"
+
 # ------------------------------------------------------------------ book
-book: venv mathjax
+book: venv mathjax classifier
 	$(PY) -m minigen.reproduce --full --jobs $(JOBS)
 	$(MAKE) --no-print-directory book-html
 

@@ -21,6 +21,7 @@ from minigen.ddpm import (
     DDPMSchedule,
     discretized_gaussian_log_likelihood,
     kl_gaussians,
+    unit_interval_bins,
     velocity_from_epsilon_model,
 )
 from minigen.gaussian import GaussianTarget
@@ -276,6 +277,75 @@ def test_nll_bound_is_the_sum_of_its_terms():
     for k in (2, 3, 4):
         want = want + TINY.step_kl(model, x0, k, noises[k - 1])
     assert torch.allclose(got, want, rtol=1e-12)
+
+
+def test_vlb_weight_is_the_step_kl_per_unit_epsilon_error():
+    """L_{k-1}(model) - L_{k-1}(oracle) = lambda_k ||eps - eps_model||² (eq. 12), for k >= 2."""
+    x0 = torch.tensor([[0.3, -0.7], [0.0, 0.5]], dtype=F64)
+    noise = torch.tensor([[0.4, 1.1], [-0.6, 0.2]], dtype=F64)
+    shift = torch.tensor([0.25, -0.5], dtype=F64)
+    for k in (2, 3, 4):
+        ab = float(TINY.alpha_bar[k])
+
+        def oracle(x, t):
+            return (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
+        off = lambda x, t: oracle(x, t) + shift
+        lam = float(TINY.vlb_weight(torch.tensor([k]))[0])
+        want = lam * float(shift.pow(2).sum())
+        got = TINY.step_kl(off, x0, k, noise) - TINY.step_kl(oracle, x0, k, noise)
+        assert torch.allclose(got, torch.full((2,), want, dtype=F64), rtol=1e-10)
+    beta, alpha = 0.1, 0.9  # k = 1: beta_1 / (2 alpha_1 beta_1) = 1 / (2 alpha_1)
+    assert float(TINY.vlb_weight(torch.tensor([1]))[0]) == pytest.approx(beta / (2 * alpha * beta))
+
+
+def test_l_vlb_is_weighted_l_simple():
+    model = lambda x, t: 0.3 * x - t[:, None]
+    x0 = torch.randn(64, 2, generator=gen(11), dtype=F64)
+    loss, t = TINY.l_vlb(model, x0, gen(12))
+    g = gen(12)
+    k = torch.randint(1, 5, (64,), generator=g)
+    noise = torch.randn(64, 2, generator=g, dtype=F64)
+    err = (model(TINY.q_sample(x0, k, noise), TINY.t_of_k(k)) - noise).pow(2).sum(1)
+    assert torch.allclose(loss, 4 * TINY.vlb_weight(k) * err, rtol=1e-12)
+    assert torch.allclose(t, 1 - k.double() / 4)
+
+
+def test_nll_bound_monte_carlo_terms_average_to_the_full_sum():
+    """terms=m estimates the middle sum without bias: averaged over many noise draws it matches
+    the full bound's average (T = 4, 2 dims; SE from the draws' spread)."""
+    model = lambda x, t: 0.1 * x + t[:, None]
+    x0 = torch.tensor([[0.2, -0.4]], dtype=F64).expand(20000, 2)
+    full = TINY.nll_bound(model, x0, gen(13), bin_width=None)
+    mc = TINY.nll_bound(model, x0, gen(14), bin_width=None, terms=1)
+    se = math.sqrt(float(full.var() + mc.var()) / 20000)
+    assert abs(float(full.mean() - mc.mean())) < 5 * se
+    assert float(mc.std()) > float(full.std())  # one term per draw: noisier, same mean
+    with pytest.raises(ValueError, match="terms must be a positive integer"):
+        TINY.nll_bound(model, x0[:2], gen(0), terms=0)
+
+
+def test_unit_interval_bins_sum_to_one_over_all_levels():
+    """The decoder's bins for data.to_unit_interval partition the line: the probabilities of the
+    K levels sum to 1 for any mean (a wrong width, or edges not reaching ±inf, would not)."""
+    from minigen.data import to_unit_interval
+    K = 17
+    bins = unit_interval_bins(K)
+    x = to_unit_interval(torch.arange(K), K).double()[:, None]
+    for m in (-1.3, 0.0, 0.4, 0.99):
+        p = discretized_gaussian_log_likelihood(x, torch.full_like(x, m), 0.2, **bins).exp()
+        assert float(p.sum()) == pytest.approx(1.0, abs=1e-7)  # log-diff clamps at 1e-12
+    with pytest.raises(ValueError, match="n_levels must be an integer >= 2"):
+        unit_interval_bins(1)
+
+
+def test_continuous_decoder_is_a_gaussian_density():
+    x0 = torch.tensor([[0.3]], dtype=F64)
+    noise = torch.tensor([[0.7]], dtype=F64)
+    b = 0.1  # zero model: mu = x_1 / sqrt(alpha_1), x_1 = sqrt(1 - b) x0 + sqrt(b) noise
+    mean = (math.sqrt(1 - b) * 0.3 + math.sqrt(b) * 0.7) / math.sqrt(1 - b)
+    want = 0.5 * ((0.3 - mean) ** 2 / b + math.log(2 * math.pi * b))
+    got = TINY.decoder_nll_continuous(lambda x, t: torch.zeros_like(x), x0, noise)
+    assert float(got) == pytest.approx(want, rel=1e-12)
 
 
 def test_l_simple_zero_for_the_true_noise_and_one_for_a_zero_model():

@@ -246,26 +246,75 @@ class DDPMSchedule:
         return kl_gaussians(mean, _bcast(var, x0), mean_p, _bcast(var_p, x0)).flatten(1).sum(1)
 
     def decoder_nll(self, eps_model: EpsModel, x0: Tensor, noise: Tensor,
-                    bin_width: float = 2 / 255) -> Tensor:
+                    bin_width: float = 2 / 255, low: float = -1.0, high: float = 1.0) -> Tensor:
         """L_0 = -log p_theta(x_0 | x_1), the discretised Gaussian N(mu_theta(x_1, 1), beta_1)
-        over the data's bins (Ho et al., 2020, eq. 13). Summed over dimensions, nats: (B,)."""
+        over the data's bins (Ho et al., 2020, eq. 13; ``unit_interval_bins`` gives the bins of
+        ``data.to_unit_interval``). Summed over dimensions, nats: (B,)."""
         x1 = self.q_sample(x0, 1, noise)
         mean = self.epsilon_to_mean(self._eps(eps_model, x1, 1), x1, 1)
         std = math.sqrt(float(self.betas[1]))
-        ll = discretized_gaussian_log_likelihood(x0, mean, std, bin_width)
+        ll = discretized_gaussian_log_likelihood(x0, mean, std, bin_width, low, high)
         return -ll.flatten(1).sum(1)
 
+    def decoder_nll_continuous(self, eps_model: EpsModel, x0: Tensor, noise: Tensor) -> Tensor:
+        """L_0 for continuous data: -log N(x_0; mu_theta(x_1, 1), beta_1 I), summed over
+        dimensions, in nats: (B,). Use it for 2D toys, where there are no bins."""
+        x1 = self.q_sample(x0, 1, noise)
+        mean = self.epsilon_to_mean(self._eps(eps_model, x1, 1), x1, 1)
+        var = float(self.betas[1])
+        nll = 0.5 * ((x0 - mean) ** 2 / var + math.log(2 * math.pi * var))
+        return nll.flatten(1).sum(1)
+
     def nll_bound(self, eps_model: EpsModel, x0: Tensor, generator: torch.Generator,
-                  variance: str = "beta", bin_width: float = 2 / 255) -> Tensor:
-        """The full bound L_T + sum_{k=2}^T L_{k-1} + L_0 in nats (T network calls, one noise
-        draw per term): (B,). The decoder gives probabilities of the data's bins, so the bound
-        is on the discrete 0..255 data: divide by D log 2 for bits/dim, no change of variables."""
+                  variance: str = "beta", bin_width: float | None = 2 / 255,
+                  terms: int | None = None, low: float = -1.0, high: float = 1.0) -> Tensor:
+        """The bound L_T + sum_{k=2}^T L_{k-1} + L_0 in nats, one noise draw per term: (B,).
+
+        ``terms=None`` evaluates all T - 1 middle terms (T network calls); ``terms=m`` replaces
+        their sum by the unbiased estimate (T - 1) · mean of m terms at k ~ U{2..T} drawn per
+        sample (m + 1 calls; Ho et al., 2020, eq. 5 written as an expectation over k).
+        With ``bin_width`` the decoder gives probabilities of the data's bins (eq. 13), so the
+        bound is on the discrete 0..255 data: divide by D log 2 for bits/dim, no change of
+        variables. ``bin_width=None`` uses the Gaussian decoder density (continuous data);
+        ``low``/``high`` are the centres of the edge bins (``unit_interval_bins``)."""
         def noise():
             return torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        total = self.prior_kl(x0) + self.decoder_nll(eps_model, x0, noise(), bin_width)
-        for k in range(2, self.T + 1):
-            total = total + self.step_kl(eps_model, x0, k, noise(), variance)
-        return total
+        if bin_width is None:
+            total = self.prior_kl(x0) + self.decoder_nll_continuous(eps_model, x0, noise())
+        else:
+            total = self.prior_kl(x0) + self.decoder_nll(eps_model, x0, noise(), bin_width, low, high)
+        if terms is None:
+            for k in range(2, self.T + 1):
+                total = total + self.step_kl(eps_model, x0, k, noise(), variance)
+            return total
+        if not isinstance(terms, int) or terms < 1:
+            raise ValueError(f"terms must be a positive integer or None, got {terms!r}")
+        middle = 0.0
+        for _ in range(terms):
+            k = torch.randint(2, self.T + 1, (len(x0),), generator=generator)
+            middle = middle + self.step_kl(eps_model, x0, k, noise(), variance)
+        return total + (self.T - 1) * middle / terms
+
+    def vlb_weight(self, k: Tensor) -> Tensor:
+        """lambda_k with L_{k-1} = lambda_k E||eps - eps_theta(x_k, k)||² + const for the fixed
+        variance sigma_k² = beta_k: lambda_k = beta_k / (2 alpha_k (1 - alpha_bar_k)) (Ho et al.,
+        2020, eq. 12; for k = 1 the Gaussian decoder gives the same form). L_simple sets
+        lambda_k = 1. k: (B,) in 1..T -> (B,) float64."""
+        k = self.steps_tensor(k, len(k), lo=1)
+        return self.betas[k] / (2 * self.alphas[k] * (1 - self.alpha_bar[k]))
+
+    def l_vlb(self, eps_model: EpsModel, x0: Tensor, generator: torch.Generator
+              ) -> tuple[Tensor, Tensor]:
+        """The bound as a training loss for an epsilon model with fixed variances:
+        T · E_{k ~ U{1..T}} lambda_k ||eps - eps_theta(x_k, k)||² summed over dimensions (the
+        k-dependent part of eq. 5; ``vlb_weight``), in nats per sample. Returns per-sample
+        losses (B,) and minigen times t = 1 - k/T (B,)."""
+        k = torch.randint(1, self.T + 1, (len(x0),), generator=generator)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        t = self.t_of_k(k).to(x0)
+        pred = eps_model(self.q_sample(x0, k, noise), t)
+        w = self.T * self.vlb_weight(k).to(x0)
+        return w * (pred - noise).pow(2).flatten(1).sum(1), t
 
     def l_simple(self, eps_model: EpsModel, x0: Tensor, generator: torch.Generator
                  ) -> tuple[Tensor, Tensor]:
@@ -311,6 +360,15 @@ def discretized_gaussian_log_likelihood(x: Tensor, mean: Tensor, std, bin_width:
     a = torch.where(x <= low + 0.5 * half, torch.full_like(x, -math.inf), (x - half - mean) / std)
     b = torch.where(x >= high - 0.5 * half, torch.full_like(x, math.inf), (x + half - mean) / std)
     return _log_diff_ndtr(a, b)
+
+
+def unit_interval_bins(n_levels: int) -> dict:
+    """Decoder bins of ``data.to_unit_interval`` (level k at 2 (k + ½) / K - 1): width 2/K and
+    edge centres ±(1 - 1/K), as keyword arguments for ``decoder_nll`` / ``nll_bound``. Ho et
+    al. map k to 2k/255 - 1 instead, the defaults there (width 2/255, edges ±1)."""
+    if not isinstance(n_levels, int) or n_levels < 2:
+        raise ValueError(f"n_levels must be an integer >= 2, got {n_levels!r}")
+    return {"bin_width": 2 / n_levels, "low": -1 + 1 / n_levels, "high": 1 - 1 / n_levels}
 
 
 def velocity_from_epsilon_model(eps_model: EpsModel, path: VPLinearBetaPath) -> Callable:
