@@ -96,3 +96,61 @@ def test_downsample_mnist_averages_blocks_and_keeps_integer_levels():
         downsample_mnist(x, 5)
     with pytest.raises(ValueError, match="28, 28"):
         downsample_mnist(torch.zeros(1, 1, 14, 14, dtype=torch.uint8))
+
+
+# ---------------------------------------------------------------- image conditioning (DiffuseVAE)
+
+def test_cond_channels_zero_keeps_the_unconditioned_network():
+    torch.manual_seed(0)
+    plain = UNet(base=16)
+    torch.manual_seed(0)
+    zero = UNet(base=16, cond_channels=0)
+    assert plain.state_dict().keys() == zero.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), zero.state_dict().values()))
+    # one extra input channel costs 9 * base weights in the first conv, nothing else
+    extra = sum(p.numel() for p in UNet(base=16, cond_channels=1).parameters()) - \
+        sum(p.numel() for p in plain.parameters())
+    assert extra == 9 * 16
+
+
+@pytest.mark.parametrize("size", [8, 14, 28])
+def test_cond_image_is_an_input_and_the_output_keeps_x_channels(size):
+    model = small_unet(cond_channels=2, num_classes=10)
+    x, t = torch.randn(3, 1, size, size), torch.rand(3)
+    y = torch.randn(3, 2, size, size)
+    with torch.no_grad():
+        out = model(x, t, cond_image=y)
+        assert out.shape == x.shape
+        assert not torch.allclose(out, model(x, t, cond_image=-y), atol=1e-5)
+        assert model(x, t, torch.tensor([1, 2, 3]), cond_image=y).shape == x.shape
+
+
+def test_cond_image_gradients_and_a_ddpm_loss_through_a_closure():
+    from minigen.ddpm import DDPMSchedule
+
+    model = small_unet(cond_channels=1).train()
+    x0, y = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8).requires_grad_()
+    per_sample, t = DDPMSchedule().l_simple(lambda xk, tk: model(xk, tk, cond_image=y), x0,
+                                            torch.Generator().manual_seed(0))
+    per_sample.mean().backward()
+    assert per_sample.shape == t.shape == (4,)
+    assert y.grad is not None and y.grad.abs().sum() > 0
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+
+
+def test_bad_cond_image_raises():
+    model = small_unet(cond_channels=1)
+    x, t = torch.randn(2, 1, 8, 8), torch.rand(2)
+    with pytest.raises(ValueError, match="needs cond_image"):
+        model(x, t)
+    with pytest.raises(ValueError, match="cond_image must have shape"):
+        model(x, t, cond_image=torch.randn(2, 2, 8, 8))      # wrong channels
+    with pytest.raises(ValueError, match="cond_image must have shape"):
+        model(x, t, cond_image=torch.randn(2, 1, 4, 4))      # wrong size
+    with pytest.raises(ValueError, match="cond_image must have shape"):
+        model(x, t, cond_image=torch.randn(3, 1, 8, 8))      # wrong batch
+    with pytest.raises(ValueError, match="no image condition"):
+        small_unet()(x, t, cond_image=torch.randn(2, 1, 8, 8))
+    for bad in (-1, 1.5):
+        with pytest.raises(ValueError, match="cond_channels"):
+            UNet(base=16, cond_channels=bad)

@@ -93,7 +93,8 @@ class ResBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    """A small U-Net for images, ``model(x, t, cond=None)`` (Ronneberger et al., 2015; Ho et al., 2020).
+    """A small U-Net for images, ``model(x, t, cond=None, cond_image=None)``
+    (Ronneberger et al., 2015; Ho et al., 2020).
 
     Levels of widths ``base * m`` for m in ``mults``, ``blocks`` residual blocks per
     level, two at the bottom, one skip connection per level. Time t in [0, 1] is
@@ -111,12 +112,18 @@ class UNet(nn.Module):
     by a 3x3 conv, so no padding or cropping is needed and the output has the
     input's shape for every side >= 2^(levels - 1).
 
-    Shapes: x (B, channels, H, W), t (B,) or scalar, cond (B,) int64 or None
-    -> (B, channels, H, W).
+    Image conditioning (``cond_channels`` > 0): ``cond_image`` (B, cond_channels, H, W) is
+    concatenated to x along the channels before the first conv, and the output keeps x's
+    ``channels`` — DiffuseVAE's formulation 1, where the VAE's reconstruction y conditions
+    the refiner eps_theta(x_t, y, t) (Pandey et al., 2022, §3.1). cond_channels = 0 (the
+    default) is the unconditioned network, with the same parameters as before.
+
+    Shapes: x (B, channels, H, W), t (B,) or scalar, cond (B,) int64 or None,
+    cond_image (B, cond_channels, H, W) or None -> (B, channels, H, W).
     """
 
     def __init__(self, channels: int = 1, base: int = 32, mults=(1, 2), num_classes: int | None = None,
-                 blocks: int = 1, groups: int = 8, dropout: float = 0.0):
+                 blocks: int = 1, groups: int = 8, dropout: float = 0.0, cond_channels: int = 0):
         super().__init__()
         if channels <= 0 or base <= 0 or blocks <= 0 or not mults:
             raise ValueError(f"channels, base, blocks must be positive and mults non-empty, got "
@@ -126,11 +133,14 @@ class UNet(nn.Module):
             raise ValueError(f"every width {widths} must be divisible by groups={groups}")
         if num_classes is not None and num_classes <= 0:
             raise ValueError(f"num_classes must be positive or None, got {num_classes}")
+        if not isinstance(cond_channels, int) or cond_channels < 0:
+            raise ValueError(f"cond_channels must be an integer >= 0, got {cond_channels!r}")
         self.channels, self.num_classes, self.base = channels, num_classes, base
+        self.cond_channels = cond_channels
         emb = 4 * base
         self.time_mlp = nn.Sequential(nn.Linear(base, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.label_emb = nn.Embedding(num_classes + 1, emb) if num_classes is not None else None
-        self.conv_in = nn.Conv2d(channels, base, 3, padding=1)
+        self.conv_in = nn.Conv2d(channels + cond_channels, base, 3, padding=1)
         self.down, self.downsample = nn.ModuleList(), nn.ModuleList()
         c = base
         for i, w in enumerate(widths):
@@ -167,13 +177,29 @@ class UNet(nn.Module):
             raise ValueError(f"labels must be in 0..{self.num_classes} ({self.num_classes} = null)")
         return emb + self.label_emb(cond.long())
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None):
+    def network_input(self, x: torch.Tensor, cond_image: torch.Tensor | None) -> torch.Tensor:
+        """x, or [x, cond_image] along the channels when cond_channels > 0:
+        (B, channels (+ cond_channels), H, W)."""
+        if not self.cond_channels:
+            if cond_image is not None:
+                raise ValueError("this UNet takes no image condition (cond_channels=0) but got cond_image")
+            return x
+        want = (x.shape[0], self.cond_channels, *x.shape[2:])
+        if cond_image is None:
+            raise ValueError(f"this UNet needs cond_image of shape {want} (cond_channels="
+                             f"{self.cond_channels})")
+        if tuple(cond_image.shape) != want:
+            raise ValueError(f"cond_image must have shape {want}, got {tuple(cond_image.shape)}")
+        return torch.cat([x, cond_image.to(x.dtype)], 1)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                cond_image: torch.Tensor | None = None):
         levels = len(self.down)
         if x.ndim != 4 or x.shape[1] != self.channels or min(x.shape[2:]) < 2 ** (levels - 1):
             raise ValueError(f"UNet expects x of shape (B, {self.channels}, H, W) with H, W >= "
                              f"{2 ** (levels - 1)}, got {tuple(x.shape)}")
         emb = self.embedding(x, t, cond)
-        h, skips = self.conv_in(x), []
+        h, skips = self.conv_in(self.network_input(x, cond_image)), []
         for i, blocks in enumerate(self.down):
             for block in blocks:
                 h = block(h, emb)
