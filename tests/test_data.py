@@ -247,3 +247,23 @@ def test_mnist_5k_split(mnist):
 def test_image_split_rejects_a_bad_fraction():
     with pytest.raises(ValueError, match="test_fraction"):
         data.load_digits_8x8(test_fraction=1.0)
+
+
+def test_independent_pixel_bits_per_dim_closed_forms():
+    from minigen.data import independent_pixel_bits_per_dim
+    # one pixel, K = 4, training counts (2, 0, 0, 0): P = (3/6, 1/6, 1/6, 1/6)
+    train = torch.tensor([[0], [0]])
+    assert independent_pixel_bits_per_dim(train, torch.tensor([[0]]), 4) == pytest.approx(1.0)
+    assert independent_pixel_bits_per_dim(train, torch.tensor([[1]]), 4) == pytest.approx(math.log2(6))
+    # pixels are independent: two pixels average their codelengths
+    train2 = torch.tensor([[0, 3], [0, 3]])
+    got = independent_pixel_bits_per_dim(train2, torch.tensor([[0, 2]]), 4)
+    assert got == pytest.approx((1.0 + math.log2(6)) / 2)
+    # uniform training data over K levels gives log2 K
+    k = 8
+    uni = torch.arange(k).repeat(50)[:, None]
+    assert independent_pixel_bits_per_dim(uni, uni, k) == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="levels must lie in 0..3"):
+        independent_pixel_bits_per_dim(train, torch.tensor([[4]]), 4)
+    with pytest.raises(ValueError, match="differ in size"):
+        independent_pixel_bits_per_dim(train, torch.tensor([[0, 1]]), 4)

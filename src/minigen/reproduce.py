@@ -47,6 +47,13 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
         "w2sq_adaptive_otcfm_8gaussians-moons": ("<=", 0.15),
         "ratio_w2sq_euler1_icfm_over_otcfm_8gaussians-moons": (">=", 20.0),
     },
+    "02_denoising_diffusion": {
+        "confidence_best": (">=", 0.8),
+        "class_share_min_best": (">=", 0.05),
+        "class_share_max_best": ("<=", 0.15),
+        "bpd_ratio_bound_over_pixels": ("<", 1.0),
+        "fd_ratio_refiner_over_vae": ("<", 1.0),
+    },
 }
 
 # The README shows these headline figures per chapter (results/RESULTS.md shows all);
@@ -64,6 +71,12 @@ HEADLINE: dict[str, list[str]] = {
         "ms_per_step_icfm_8gaussians-moons", "ms_per_step_otcfm_8gaussians-moons",
         "ms_per_step_otcfm_sinkhorn_8gaussians-moons",
         "nll_checkerboard_icfm", "nll_checkerboard_otcfm", "nll_checkerboard_true_entropy"],
+    "02_denoising_diffusion": [
+        "nll_simple_moons", "nll_vlb_moons", "w2sq_simple_moons", "w2sq_vlb_moons",
+        "w2sq_ancestral_T1000_moons", "w2sq_DDIM_eta0_50_moons", "w2sq_ODE_Heun_50_NFE_moons",
+        "fd_ratio_best", "precision_best", "recall_best", "confidence_best",
+        "class_share_min_best", "class_share_max_best", "fd_ratio_VAE_alone",
+        "fd_ratio_VAE_refiner", "bpd_ddpm_bound", "bpd_independent_pixels"],
 }
 
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
