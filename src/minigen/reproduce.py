@@ -398,7 +398,8 @@ def main(argv: list[str] | None = None) -> int:
     # Notebooks record mode="quick" if quick else "full": a --gpu run lands in results/full/
     # (each record says its device), but only a CPU --full run rewrites the README table.
     results_mode = "quick" if args.mode == "quick" else "full"
-    print(f"reproduce: wrote {write_results_md(root, results_mode).relative_to(root)}")
+    md = write_results_md(root, results_mode)  # under $MINIGEN_RESULTS_DIR when that is set
+    print(f"reproduce: wrote {md.relative_to(root) if md.is_relative_to(root) else md}")
     if args.mode == "full":
         table = headline_table(load_results("full"))
         if update_readme(root / "README.md", table):
