@@ -189,6 +189,7 @@ x_test = data.sample_2d(toy, n_eval, g_eval)
 floor = wasserstein2_squared(data.sample_2d(toy, n_eval, g_eval), x_test)
 for kind in ("simple", "vlb"):
     for s in range(toy_seeds):
+        torch.manual_seed(seed + s)  # the initial weights: the same for both losses
         res = train(MLP(2, width=toy_width, depth=3), eps_loss(kind),
                     lambda gen: (data.sample_2d(toy, toy_batch, gen),),
                     steps=toy_steps, lr=1e-3, ema_decay=ema_decay, seed=seed + s, progress=False)
@@ -339,6 +340,7 @@ def image_batch_sampler(gen):
     return (x_train[torch.randint(0, len(x_train), (image_batch,), generator=gen)],)
 
 
+torch.manual_seed(seed)  # initial weights
 res_img = train(UNet(base=unet_base), eps_loss("simple"), image_batch_sampler, steps=image_steps, lr=1e-3,
                 ema_decay=image_ema, grad_clip=1.0, seed=seed, device=device, progress=False)
 unet = res_img.ema.cpu().eval()
@@ -455,6 +457,7 @@ print("published 28x28 MNIST: RealNVP 1.06, Glow 1.05, FFJORD 0.99 bits/dim")
 # %%
 from minigen.vae import ConvVAE, vae_loss  # noqa: E402
 
+torch.manual_seed(seed)
 res_vae = train(ConvVAE(image_size=image_size), vae_loss, image_batch_sampler, steps=vae_steps,
                 lr=2e-3, seed=seed, progress=False)
 vae = res_vae.model.cpu().eval()
@@ -473,6 +476,7 @@ def refiner_loss(model, x, y, generator, per_sample):
     return per.mean(), (per.detach() if per_sample else None), t
 
 
+torch.manual_seed(seed)
 res_ref = train(UNet(base=unet_base, cond_channels=1), refiner_loss, refiner_batch, steps=refiner_steps, lr=1e-3,
                 ema_decay=image_ema, grad_clip=1.0, seed=seed, device=device, progress=False)
 refiner = res_ref.ema.cpu().eval()
