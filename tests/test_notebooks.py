@@ -89,6 +89,39 @@ def test_01_flow_matching():
     assert abs(value(r, "nll_checkerboard_icfm_hutchinson") - nll) < 0.15
 
 
+def test_03_score_sde():
+    r = quick_results("03_score_sde")
+    # the simulated noising SDE has the path's marginal: std of (x_t - alpha x1) / sigma is 1
+    # (8000 values: standard error 0.008; measured within 0.006 of 1)
+    for name in ("vp", "subvp", "ve"):
+        for t in ("0.5", "0"):
+            assert abs(value(r, f"forward_sde_std_t{t}_{name}") - 1) < 0.03
+        # score, epsilon and velocity are one object: measured <= 1e-15 (float64)
+        assert value(r, f"conversion_rel_err_{name}") < 1e-10
+    prior, floor = value(r, "w2sq_prior_2d"), value(r, "w2sq_floor_2d")  # measured 3.70, 0.36
+    for name in ("vp", "subvp", "ve"):
+        # predictor-corrector lands near the data: measured 0.48, 0.48, 0.56 at 400 quick steps
+        assert floor <= value(r, f"w2sq_pc_{name}") < prior / 4
+        # the ODE is the worst sampler (measured 0.77, 1.37, 1.95), and far worse at full size
+        assert value(r, f"w2sq_ode_{name}") > value(r, f"w2sq_pc_{name}")
+    # VE at 100 NFE: the corrector halves EM's W2² (measured 1.17 -> 0.56)
+    assert value(r, "w2sq_pc_ve") < value(r, "w2sq_em_ve") / 1.5
+    # no model beats the checkerboard's entropy log 32 = 3.466 nats (measured 4.30-4.69)
+    true = value(r, "nll_2d_true_entropy")
+    for cfg in ("vp", "subvp", "subvp_lik", "ve"):
+        assert true - 0.05 < value(r, f"nll_2d_{cfg}") < true + 2.0
+    # the per-pixel baselines are fixed computations on fixed data: measured 2.439 and 2.541
+    assert abs(value(r, "bpd_digits_independent_pixels") - 2.439) < 0.01
+    assert abs(value(r, "bpd_mnist_independent_pixels") - 2.541) < 0.01
+    # the 40-step quick image models are untrained: only finite, positive bits/dim (5.5, 8.3)
+    for name in ("bpd_digits_vp", "bpd_digits_subvp", "bpd_mnist"):
+        assert 0 < value(r, name) < 12
+    assert value(r, "mnist_classifier_test_accuracy") > 0.95
+    for smp in ("em", "pc", "ode"):
+        assert 0.1 <= value(r, f"mnist_top_class_prob_{smp}") <= 1.0
+        assert value(r, f"mnist_fd_ratio_{smp}") > 1.0  # measured 24-27: untrained, far from the floor
+
+
 def test_02_denoising_diffusion():
     r = quick_results("02_denoising_diffusion")
     # DDPM's schedule is the VP path: log-gap sum(beta²)/2 bounds it (measured 9.9e-4)

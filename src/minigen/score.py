@@ -1,0 +1,173 @@
+"""Denoising score matching for the score SDEs of chapter 03, with and without likelihood weighting.
+
+A network eps_theta(x, t) predicts the noise; its score is s_theta = -eps_theta / sigma(t)
+(``score_from_epsilon_model``). Denoising score matching (Vincent, 2011; Song et al., 2021,
+"Score-Based Generative Modeling through SDEs", eq. 7) with a weighting lambda(t):
+
+    J_lambda(theta) = E_{t ~ U[t_min, t_max]} lambda(t) E_{x1, x0} || s_theta(x_t, t)
+                                                              - grad log p_t(x_t | x1) ||²,
+
+where x_t = alpha x1 + sigma x0 and grad log p_t(x_t | x1) = -x0 / sigma, so the per-sample
+term is lambda / sigma² · ||eps_theta(x_t, t) - x0||² (mean over dimensions here). Two weightings:
+
+* ``"variance"``: lambda = sigma² (Song et al., 2021, §3.3: lambda ∝ 1 / E||grad log p(x_t | x1)||²),
+  which is DDPM's L_simple, ||eps_theta - x0||² (Ho et al., 2020, eq. 14);
+* ``"likelihood"``: lambda = g(t)², the diffusion coefficient squared (Song, Durkan, Murray &
+  Ermon, 2021, "Maximum Likelihood Training of Score-Based Diffusion Models", Thm. 1): then J
+  bounds the KL from the data to the model's SDE, i.e. it is a negative ELBO up to constants.
+
+g²/sigma² blows up near the data end of VP and sub-VP (≈ 1/s and 2/s with s = 1 - t), so a
+Monte-Carlo estimate with uniform t has a large variance. Song, Durkan et al. (2021, §5) draw t
+from q(t) ∝ g(t)² / sigma(t)² instead and divide by q: the per-sample loss becomes the constant
+Z / (t_max - t_min) · ||eps_theta - x0||², with Z = ∫ g² / sigma² dt — the same expectation
+(``LikelihoodTimeSampler``; ``importance_sampling=True``).
+
+Batches are ``(x1,)``; the source noise x0 ~ N(0, I) is drawn inside the loss from the
+training generator, as the SDE's source is Gaussian.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .likelihood import log_likelihood
+from .paths import expand_t
+from .sde import SDE, probability_flow_velocity
+
+Tensor = torch.Tensor
+WEIGHTINGS = ("variance", "likelihood")
+
+
+def score_from_epsilon_model(eps_model: Callable, sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:
+    """s_theta(x, t) = -eps_theta(x, t) / sigma(t) (Tweedie; Song et al., 2021, App. C uses the same
+    1/sigma output scaling): a ``score_fn(x, t)`` for the samplers of ``minigen.sde``."""
+    return lambda x, t: -eps_model(x, t) / expand_t(sde.path.sigma(expand_t(t, x).view(-1)), x)
+
+
+def dsm_weight(sde: SDE, t: Tensor, weighting: str) -> Tensor:
+    """lambda(t): sigma(t)² for ``"variance"``, g(t)² for ``"likelihood"`` (Song, Durkan et al.,
+    2021, Thm. 1). Shape of t."""
+    if weighting == "variance":
+        return sde.path.sigma(t) ** 2
+    if weighting == "likelihood":
+        return sde.diffusion(t) ** 2
+    raise ValueError(f"unknown weighting {weighting!r}; choose from {WEIGHTINGS}")
+
+
+class LikelihoodTimeSampler:
+    """Importance sampler of the training time, q(t) = g(t)² / (Z sigma(t)²) on [t_min, t_max]
+    (Song, Durkan et al., 2021, §5), by inverting its CDF tabulated on ``grid`` points.
+
+    The density grows like 1/(1 - t) at the data end of VP / sub-VP, so the table is geometric in
+    s = 1 - t there. ``z`` = Z = ∫ g² / sigma² dt (trapezoid rule, float64).
+    """
+
+    def __init__(self, sde: SDE, grid: int = 4097):
+        self.sde = sde
+        s_lo, s_hi = 1 - sde.t_max, 1 - sde.t_min
+        if s_lo > 0:
+            s = torch.logspace(math.log10(s_lo), math.log10(s_hi), grid, dtype=torch.float64)
+        else:
+            s = torch.linspace(s_lo, s_hi, grid, dtype=torch.float64)
+        t = (1 - s).flip(0)  # increasing t
+        dens = sde.diffusion(t) ** 2 / sde.path.sigma(t) ** 2
+        cdf = torch.cat([torch.zeros(1, dtype=torch.float64),
+                         torch.cumsum(0.5 * (dens[1:] + dens[:-1]) * (t[1:] - t[:-1]), 0)])
+        self.t, self.cdf, self.z = t, cdf / cdf[-1], float(cdf[-1])
+
+    def density(self, t: Tensor) -> Tensor:
+        """q(t) = g² / (Z sigma²): shape of t."""
+        return self.sde.diffusion(t) ** 2 / self.sde.path.sigma(t) ** 2 / self.z
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        """n times from q by linear interpolation of the inverse CDF: (n,) float32."""
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        i = torch.searchsorted(self.cdf, u).clamp(1, len(self.cdf) - 1)
+        c0, c1, t0, t1 = self.cdf[i - 1], self.cdf[i], self.t[i - 1], self.t[i]
+        return (t0 + (u - c0) / (c1 - c0).clamp_min(1e-300) * (t1 - t0)).float()
+
+
+@dataclass
+class DenoisingScoreMatching:
+    """The DSM objective of the module docstring for an epsilon-predicting network.
+
+    ``weighting``: ``"variance"`` (lambda = sigma²) or ``"likelihood"`` (lambda = g²);
+    ``importance_sampling`` (likelihood weighting only) draws t ~ q ∝ g² / sigma².
+    ``loss`` follows ``minigen.train``'s protocol: (model, x1, generator, per_sample) ->
+    (scalar loss, per-sample losses (B,) or None, t (B,)).
+    """
+
+    sde: SDE
+    weighting: str = "variance"
+    importance_sampling: bool = False
+    sampler: LikelihoodTimeSampler | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"unknown weighting {self.weighting!r}; choose from {WEIGHTINGS}")
+        if self.importance_sampling and self.weighting != "likelihood":
+            raise ValueError("importance sampling of t is for the likelihood weighting")
+        if self.importance_sampling and self.sampler is None:
+            self.sampler = LikelihoodTimeSampler(self.sde)
+
+    def sample_time(self, n: int, generator: torch.Generator) -> Tensor:
+        """t ~ U[t_min, t_max], or t ~ q with importance sampling: (n,)."""
+        if self.importance_sampling:
+            return self.sampler.sample(n, generator)
+        return self.sde.t_min + (self.sde.t_max - self.sde.t_min) * torch.rand(n, generator=generator)
+
+    def time_weight(self, t: Tensor) -> Tensor:
+        """The factor multiplying ||eps_theta - x0||²: lambda(t) / sigma(t)², or the constant
+        Z / (t_max - t_min) under importance sampling (so both estimate the same J): (B,)."""
+        if self.importance_sampling:
+            return torch.full_like(t, self.sampler.z / (self.sde.t_max - self.sde.t_min))
+        t64 = t.double()
+        return (dsm_weight(self.sde, t64, self.weighting) / self.sde.path.sigma(t64) ** 2).to(t.dtype)
+
+    def per_sample_loss(self, model, x1: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """lambda(t) || s_theta(x_t, t) - grad log p_t(x_t | x1) ||² per sample, averaged over
+        dimensions: ((B,), t (B,))."""
+        t = self.sample_time(len(x1), generator).to(x1)
+        x0 = torch.randn(x1.shape, generator=generator).to(x1)
+        xt = self.sde.path.sample(x0, x1, t).xt
+        err = (model(xt, t) - x0).pow(2).flatten(1).mean(1)
+        return self.time_weight(t) * err, t
+
+    def loss(self, model, x1: Tensor, generator: torch.Generator, per_sample: bool = True):
+        losses, t = self.per_sample_loss(model, x1, generator)
+        return losses.mean(), (losses.detach() if per_sample else None), t
+
+    def score(self, model) -> Callable[[Tensor, Tensor], Tensor]:
+        """The score function of a model trained with this objective."""
+        return score_from_epsilon_model(model, self.sde)
+
+
+def probability_flow_log_likelihood(sde: SDE, score_fn: Callable, x1: Tensor, steps: int = 100,
+                                    method: str = "rk4", estimator: str = "exact",
+                                    generator: torch.Generator | None = None) -> Tensor:
+    """log p_{t_max}(x1) of the probability-flow ODE (Song et al., 2021, eq. 13 and App. D.2) with
+    the prior ``sde.prior_log_prob`` at t_min: (B,).
+
+    ``minigen.likelihood.log_likelihood`` integrates over [0, 1]; VP and sub-VP stop at
+    t_max < 1 (sigma(1) = 0 makes the score infinite), so the ODE is run in tau in [0, 1] with
+    t = t_min + tau (t_max - t_min) and dx/dtau = (t_max - t_min) v(x, t). Data are evaluated at
+    t_max, where p_{t_max} still holds sigma(t_max)² of noise (Song et al. stop at 1e-5 likewise).
+    """
+    v = probability_flow_velocity(sde, score_fn)
+    t0, span = sde.t_min, sde.t_max - sde.t_min
+    v_unit = lambda x, tau: span * v(x, t0 + span * tau)
+    return log_likelihood(v_unit, x1, sde.prior_log_prob, steps=steps, method=method,
+                          estimator=estimator, generator=generator)
+
+
+def denoise(sde: SDE, eps_model: Callable, x: Tensor) -> Tensor:
+    """Tweedie's denoising step at the end of sampling: E[x1 | x_{t_max} = x] =
+    (x - sigma eps_theta(x, t_max)) / alpha at t = t_max (Efron, 2011; Song et al., 2021, App. G
+    removes the last sigma(t_max) of noise this way). One NFE. (B, ...) -> (B, ...)."""
+    t = torch.full((len(x),), sde.t_max, dtype=x.dtype, device=x.device)
+    with torch.no_grad():
+        return sde.path.x1_from_epsilon(eps_model(x, t), x, t)
