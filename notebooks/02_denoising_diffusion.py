@@ -254,9 +254,9 @@ with torch.no_grad():
               f" + L_0 {l_0:.3f} = {toy_eval[kind, 0]['nll']:.3f} nats")
 
 # %% [markdown]
-# **Fixed variances.** Ho et al. fix $\sigma_k^2$ to $eta_k$ or $	ildeeta_k$, the optimal
+# **Fixed variances.** Ho et al. fix $\sigma_k^2$ to $\beta_k$ or $\tilde\beta_k$, the optimal
 # choices for $x_0\sim\mathcal N(0,I)$ and for a point mass (§3.2); Nichol & Dhariwal (2021)
-# learn an interpolation between them, not done here. With the $L_	ext{simple}$ model:
+# learn an interpolation between them, not done here. With the $L_\text{simple}$ model:
 
 # %%
 m = toy_models["simple", 0]

@@ -43,6 +43,9 @@ def test_notebook_structure(chapter):
     assert "quick_from_env()" in src, "the parameters cell reads quick mode from the environment"
     assert "## Summary" in src and "## Exercises" in src
     assert "record(" in src
+    # a Python string that meant "\\beta" leaves a backspace, which MathJax cannot typeset
+    bad = sorted({hex(ord(c)) for c in src if ord(c) < 32 and c != "\n"})
+    assert not bad, f"control characters in the source: {bad}"
 
 
 @pytest.mark.parametrize("chapter", CHAPTERS)
