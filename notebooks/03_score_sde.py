@@ -76,9 +76,9 @@ snr = 0.16  # signal-to-noise ratio of the Langevin corrector (Song et al., 2021
 ve_sigma_max_2d = 12.0  # VE sigma_max ≳ the largest distance between 2D data points (Song & Ermon, 2020)
 digits_steps = 800  # U-Net steps on sklearn's 8x8 digits, per SDE
 image_size = 14  # MNIST-5k side: 14 (CPU) or 28 (the GPU-sized setting)
-image_steps = 1500  # U-Net steps on MNIST (about 3 min at 106 ms/step on one thread)
+image_steps = 1500  # U-Net steps on MNIST (about 5 min at 185 ms/step on one thread)
 image_batch = 64
-unet_base = 32
+unet_base = 16  # U-Net width: 16 (0.12M parameters, ~185 ms/step at 14x14 here); 32 on a GPU
 n_images = 1000  # generated images for the classifier metrics
 nfe_images = 60  # network evaluations per image sampler
 ll_images = 300  # test images for the MNIST likelihood (Hutchinson)
@@ -139,11 +139,11 @@ print(f"{mode}: 2D {toy}, {len(CONFIGS_2D)} configurations x {seeds} seed(s) x {
 # **What runs.** Full mode trains, on the 2D checkerboard, a 3 × 128 SiLU MLP that predicts the
 # noise for VP and sub-VP, each with the variance weighting and with the likelihood weighting,
 # on 3 seeds each (12 models), plus one VE model, for 2000 steps at batch 256 with an EMA (0.999)
-# of the weights; then a U-Net (0.49M parameters) on sklearn's 8×8 digits for VP and for sub-VP
+# of the weights (with warm-up, see below); then a U-Net (width 16, 0.12M parameters) on sklearn's 8×8 digits for VP and for sub-VP
 # (800 steps each), and one U-Net on MNIST-5k at 14×14 (1500 steps, batch 64; a GPU run would
-# raise `image_steps` and `nfe_images` tenfold). Quick mode (the
+# raise `unet_base` to 32 and `image_steps` and `nfe_images` tenfold). Quick mode (the
 # tests) trains one seed of four 2D configurations for 400 steps and tiny image models
-# (a 0.12M-parameter U-Net, 40 steps, 100 samples at 8 NFE): it runs every code path, but its
+# (the same U-Net, 40 steps, 100 samples at 8 NFE): it runs every code path, but its
 # image numbers are not results.
 
 # %% [markdown]
@@ -394,19 +394,16 @@ fig.tight_layout()
 
 # %% [markdown]
 # With the *exact* score the three samplers share their marginals (the Fokker–Planck argument
-# above; `tests/test_sde.py` checks it on Gaussians). With a *learned* score they need not, and
-# here they do not. In full mode (2000 training steps, NFE 200, 3 seeds) EM reaches W2²
-# 0.31 ± 0.04 (VP), PC 0.85 ± 0.07 and the rk4 ODE 2.5 ± 0.6, with W2²(EM, ODE) = 2.6 against a
-# data floor of 0.05; quick mode's less-trained models show a much smaller gap. It is not the
-# discretisation: for the seed-0 VP model, rk4 with 4× the steps, or with steps concentrated near
-# the data end, left the ODE's W2² at 2.4, and the adaptive dopri5 solver stopped with a step-size
-# underflow (a side experiment while writing this chapter). Our reading — not proven here — is
-# that the deterministic ODE carries every error of the score to the end, while the SDE's noise
-# contracts errors made early on. Either way, the paper's direction "predictor–corrector gives better
-# samples than the ODE at the same network" holds here with a wide margin on all three SDEs,
-# and plain Euler–Maruyama was better still on VP and sub-VP at this NFE (PC spends half its
-# evaluations on the corrector). On VE, PC is the best sampler by far.
-# The fraction of samples that fall between the squares tells the same story.
+# above; `tests/test_sde.py` checks it on Gaussians), and the last column, W2² between the EM and
+# the ODE samples of the same network, measures how close a *learned* score comes to that.
+#
+# **A lesson from writing this chapter.** A first version of it found the ODE far off the data
+# (VP: W2² 2.5 against EM's 0.31) and blamed the ODE for "carrying every score error to the
+# end". The cause was elsewhere: the weight average (EMA, decay 0.999) had no warm-up, so after
+# 2000 steps it still held $0.999^{2000}=13.5\%$ of the *random initial* weights. The SDE
+# samplers' noise hides such a corrupted field; the deterministic ODE follows it. With the raw
+# weights the same network's ODE gave W2² 0.36 (EM 0.25). {py:class}`minigen.train.EMA` now
+# warms up, $d_n=\min(d,(1+n)/(10+n))$, and the table above is measured with it.
 
 # %% [markdown]
 # ## Exact likelihood through the probability-flow ODE
@@ -685,7 +682,8 @@ assert all(abs(sd - 1) < 0.05 for d in fwd_std.values() for sd in d.values()), "
 assert all(e < 1e-5 for e in conv_err.values()), "score, epsilon and velocity are one object"
 for cfg in ("vp", "subvp", "ve"):
     assert min(w2[cfg, 0, smp] for smp in SAMPLERS) < w2_prior / 4, f"{cfg}: no sampler lands near the data"
-    assert w2[cfg, 0, "pc"] < w2[cfg, 0, "ode"], f"{cfg}: PC should beat the ODE at the same network"
+    # quick mode's 400-step models leave the ODE further off (VE: W2² 1.9 against a prior's 3.7)
+    assert w2[cfg, 0, "ode"] < w2_prior / (1.5 if quick else 4), f"{cfg}: the ODE does not land near the data"
 assert all(v > true_nll - 0.05 for v in nll_2d.values()), "an NLL below the entropy means a bug"
 if not quick:  # the quick image models (40 steps) are not trained enough for these
     assert all(m < math.log2(K_DIGITS) for m, _ in bpd_digits.values()), "worse than uniform on digits"

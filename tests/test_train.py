@@ -182,7 +182,7 @@ def test_bad_training_settings_are_refused(kwargs, match):
 def test_ema_update_is_the_exponential_moving_average():
     torch.manual_seed(0)
     net = MLP(2, width=4, depth=1)
-    ema = EMA(net, 0.75)
+    ema = EMA(net, 0.75, warmup=False)
     theta0 = [p.detach().clone() for p in net.parameters()]
     with torch.no_grad():
         for p in net.parameters():
@@ -194,6 +194,33 @@ def test_ema_update_is_the_exponential_moving_average():
     for bad in (0.0, 1.0, 1.5, -0.1, math.nan):
         with pytest.raises(ValueError, match="EMA decay"):
             EMA(net, bad)
+
+
+def test_ema_warmup_forgets_the_initial_weights():
+    """With warm-up, d_n = min(decay, (1 + n) / (10 + n)): the initial weights' share after N
+    updates is prod_n d_n (< 1e-6 after 2000 updates at decay 0.999; 0.999^2000 = 13.5% without)."""
+    torch.manual_seed(0)
+    net = MLP(2, width=4, depth=1)
+    theta0 = [p.detach().clone() for p in net.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+    shares = {}
+    for warm in (True, False):
+        ema = EMA(MLP(2, width=4, depth=1), 0.999, warmup=warm)
+        with torch.no_grad():
+            for e, t0 in zip(ema.model.parameters(), theta0):
+                e.copy_(t0)
+        decays = []
+        for _ in range(2000):
+            decays.append(ema.current_decay())
+            ema.update(net)  # the trained weights are 0: what is left is the initial weights' share
+        shares[warm] = float(next(ema.model.parameters()).flatten()[0] / theta0[0].flatten()[0])
+        assert ema.updates == 2000
+        if warm:
+            assert decays[:3] == [1 / 10, 2 / 11, 3 / 12] and max(decays) <= 0.999
+    assert abs(shares[True]) < 1e-6
+    assert shares[False] == pytest.approx(0.999 ** 2000, rel=1e-3)
 
 
 def test_per_t_diagnostic_is_the_binned_mean_of_the_per_sample_losses():
