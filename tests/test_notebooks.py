@@ -144,3 +144,53 @@ def test_02_denoising_diffusion():
     # image code path: bits/dim of a barely trained U-Net are finite and above 0
     assert 0 < value(r, "bpd_ddpm_bound") < 20
     assert 2 < value(r, "bpd_independent_pixels") < 4  # measured 2.485 on the 14x14 test split
+
+
+def test_04_straight_paths():
+    r = quick_results("04_straight_paths")
+    # exact Gaussian field: the identity E|X1-X0|² - E|Z1-Z0|² = V + S closes to Monte Carlo error
+    assert value(r, "gauss_identity_gap_over_se") < 3
+    assert value(r, "gauss_rf2_straightness") < 1e-8  # the 2-RF of Gaussians is straight
+    # reflow never raises the transport cost (within 2 combined standard errors)
+    for a, b in (("1RF", "2RF"), ("2RF", "3RF")):
+        se = (value(r, f"cost_z_se_{a}") ** 2 + value(r, f"cost_z_se_{b}") ** 2) ** 0.5
+        assert value(r, f"cost_z_{b}") <= value(r, f"cost_z_{a}") + 2 * se
+    # one reflow straightens and makes one Euler step work
+    # (quick, measured: S 6.7 -> 0.04; one-step W2² 3.2 -> 0.64)
+    assert value(r, "straightness_2RF") < value(r, "straightness_1RF") / 10
+    assert value(r, "w2sq_euler1_2RF") < value(r, "w2sq_euler1_1RF") / 3
+    assert value(r, "w2sq_euler1_3RF_distilled") < value(r, "w2sq_euler1_1RF") / 3
+    # learned fields: the identity accounts for the cost change up to 10% of the cost
+    for k in ("1RF", "2RF", "3RF"):
+        assert abs(value(r, f"gap_{k}")) < 0.1 * value(r, f"cost_x_{k}")
+    # Rectified Diffusion: students on the teacher's pairs beat the teacher's 4-step result in one
+    # step, and the curved VP student (x1-prediction) is far less straight than the linear one
+    best4 = min(value(r, "rd_ddim4_teacher"), value(r, "rd_euler4_teacher"))
+    assert value(r, "rd_ddim1_a_vp_x1") < best4
+    assert value(r, "rd_ddim1_b_linear") < best4
+    assert value(r, "rd_straightness_a_vp_x1") > 10 * value(r, "rd_straightness_b_linear")
+    # digits: generated FD above the real-vs-real floor (below would be a bug)
+    for s in ("uniform", "logit_normal", "mode"):
+        assert value(r, f"fd_euler8_{s}") > value(r, "fd_floor_digits")
+
+
+def test_05_unifying_frameworks():
+    r = quick_results("05_unifying_frameworks")
+    m = "8gaussians-moons"
+    # exact fields: every eps lands on the target's mean and covariance (quick run: <= 2.6 s.e.)
+    for e in ("0", "0p5", "2"):
+        assert value(r, f"exact_fields_mean_err_se_eps{e}") < 5
+        assert value(r, f"exact_fields_cov_err_se_eps{e}") < 5
+    # learned fields, 600 quick steps: eps = 0.5 matches the ODE (measured 0.56 vs 0.56);
+    # eps = 2 amplifies the rough denoiser (measured 0.85), so it is only bounded here
+    gap = abs(value(r, f"w2sq_eps0p5_mean_{m}") - value(r, f"w2sq_eps0_mean_{m}"))
+    assert gap < 0.1
+    assert value(r, f"w2sq_eps0_mean_{m}") < 1.0
+    # generator matching in 1D: flow, jump, posterior-averaged jump and the w = 0.5
+    # superposition share the marginals (moments within 5 standard errors, W1 near the floor)
+    for proc in ("flow", "jump", "superposition_w0p5"):
+        for path in ("cond", "mix"):
+            assert value(r, f"gm_mean_err_se_{path}_{proc}") < 5
+            assert value(r, f"gm_var_err_se_{path}_{proc}") < 5
+            assert value(r, f"gm_w1_{path}_{proc}") < 3 * value(r, f"gm_w1_floor_{path}") + 0.01
+    assert value(r, "gm_mean_err_se_mix_jump_posterior") < 5

@@ -54,6 +54,27 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
         "bpd_ratio_bound_over_pixels": ("<", 1.0),
         "fd_ratio_refiner_over_vae": ("<", 1.0),
     },
+    "03_score_sde": {  # the issue's image targets, and Song et al.'s sub-VP likelihood direction
+        "mnist_top_class_prob_best": (">=", 0.8),
+        "mnist_class_min_best": (">=", 0.05),
+        "mnist_class_max_best": ("<=", 0.15),
+        "bpd_ratio_mnist_ode_over_pixels": ("<", 1.0),
+        "nll_2d_diff_subvp_minus_vp": ("<", 0.0),
+    },
+    "04_straight_paths": {  # after one reflow one Euler step works; the identity closes (MC error)
+        "w2sq_euler1_2RF": ("<=", 0.3),
+        "w2sq_euler1_1RF": (">=", 2.0),
+        "gauss_identity_gap_over_se": ("<=", 3.0),
+        "identity_gap_over_se_1RF": ("<=", 3.0),
+        "identity_gap_over_se_2RF": ("<=", 3.0),
+    },
+    "05_unifying_frameworks": {  # every eps of the SDE family within the ODE's seed range (issue 4)
+        "n_eps_within_ode_range_8gaussians-moons": (">=", 5),
+        "n_eps_within_ode_range_normal-checkerboard": (">=", 5),
+        "exact_fields_mean_err_se_eps2": ("<", 5.0),
+        "exact_fields_cov_err_se_eps2": ("<", 5.0),
+        "gm_mean_err_se_mix_superposition_w0p5": ("<", 5.0),
+    },
 }
 
 # The README shows these headline figures per chapter (results/RESULTS.md shows all);
@@ -77,6 +98,28 @@ HEADLINE: dict[str, list[str]] = {
         "fd_ratio_best", "precision_best", "recall_best", "confidence_best",
         "class_share_min_best", "class_share_max_best", "fd_ratio_VAE_alone",
         "fd_ratio_VAE_refiner", "bpd_ddpm_bound", "bpd_independent_pixels"],
+    "03_score_sde": [
+        "w2sq_em_vp", "w2sq_pc_vp", "w2sq_ode_vp", "w2sq_em_vs_ode_vp", "w2sq_pc_ve", "w2sq_ode_ve",
+        "w2sq_floor_2d", "nll_2d_vp", "nll_2d_subvp", "nll_2d_diff_subvp_minus_vp",
+        "nll_2d_diff_subvp_lik_minus_subvp", "nll_2d_true_entropy",
+        "bpd_digits_vp", "bpd_digits_subvp", "bpd_digits_independent_pixels",
+        "mnist_fd_ratio_best", "mnist_top_class_prob_best", "mnist_class_min_best",
+        "mnist_class_max_best", "bpd_mnist", "bpd_mnist_independent_pixels"],
+    "04_straight_paths": [
+        "w2sq_euler1_1RF", "w2sq_euler1_2RF", "w2sq_euler1_3RF", "w2sq_euler1_3RF_distilled",
+        "w2sq_adaptive_1RF", "w2sq_adaptive_2RF", "straightness_1RF", "straightness_2RF",
+        "cost_x_1RF", "cost_z_1RF", "cost_z_2RF", "cost_z_3RF", "identity_gap_over_se_1RF",
+        "identity_gap_over_se_2RF", "rd_ddim1_teacher", "rd_ddim1_a_vp_eps", "rd_ddim1_a_vp_x1",
+        "rd_ddim1_b_linear", "fd_euler8_uniform", "fd_euler8_logit_normal", "fd_euler8_mode",
+        "fd_floor_digits"],
+    "05_unifying_frameworks": [
+        *(f"w2sq_eps{e}_mean_{m}" for m in ("8gaussians-moons", "normal-checkerboard")
+          for e in ("0", "0p5", "2")),
+        "w2sq_eps2_1000steps_mean_8gaussians-moons", "w2sq_floor_8gaussians-moons",
+        "n_eps_within_ode_range_8gaussians-moons", "n_eps_within_ode_range_normal-checkerboard",
+        "robust_increase_w2sq_eps0", "robust_increase_w2sq_eps0p5", "robust_increase_w2sq_eps2",
+        "gm_w1_mix_flow", "gm_w1_mix_jump", "gm_w1_mix_jump_posterior",
+        "gm_w1_mix_superposition_w0p5", "gm_w1_floor_mix", "exact_fields_cov_err_se_eps2"],
 }
 
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}

@@ -1,0 +1,317 @@
+"""Stochastic interpolants (Albergo, Boffi & Vanden-Eijnden, 2023, "Stochastic
+Interpolants: A Unifying Framework for Flows and Diffusions") in minigen's notation.
+
+    x_t = alpha(t) x1 + sigma(t) x0 + gamma(t) z,   z ~ N(0, I) independent of (x0, x1),
+
+with alpha on the data x1 and sigma on the source x0 (the paper writes
+I_t = alpha(t) x0 + beta(t) x1 + gamma(t) z: its alpha is our sigma, its beta our
+alpha; time runs the same way, t = 0 source, t = 1 data). gamma(0) = gamma(1) = 0.
+
+Two fields are learned by regression (Albergo et al., 2023):
+
+    velocity  b(x, t)   = E[alpha' x1 + sigma' x0 + gamma' z | x_t = x]
+    denoiser  eta(x, t) = E[z | x_t = x],      score  s = grad log p_t = -eta / gamma,
+
+and every member of the family of SDEs (forward in our time, 0 -> 1)
+
+    dX_t = (b + eps(t) s)(X_t, t) dt + sqrt(2 eps(t)) dW_t,    eps(t) >= 0,
+
+has the marginals p_t of x_t: the Fokker-Planck equation gains
+-div(p eps s) + eps Laplacian(p) = -eps div(grad p) + eps Laplacian(p) = 0.
+eps = 0 is the probability-flow ODE. When x0 is not Gaussian (8gaussians -> moons)
+the score exists only through gamma z, which is why gamma > 0 is needed for eps > 0.
+
+The ends: s = -eta / gamma is 0/0 where gamma = 0 (t = 0 and t = 1), and a learned
+eta's error is divided by gamma. ``sample_sde`` therefore takes, by default,
+eps(t) = eps · gamma(t) / max gamma: the noise level follows gamma and vanishes at the
+ends, the drift term eps(t) s = -eps eta / max gamma stays bounded, and the marginals are
+unchanged (any eps(t) >= 0 keeps them). The alpha and sigma schedules are reused
+from ``paths`` (``LinearPath``, ``VPCosinePath``); ``paths.BridgePath`` is the
+special case linear + ``BrownianGamma(s)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .couplings import independent
+from .objectives import CFM
+from .paths import GaussianPath, PathSample, expand_t
+
+Tensor = torch.Tensor
+Field = Callable[[Tensor, Tensor], Tensor]
+
+
+# ---------------------------------------------------------------- gamma(t)
+
+class ZeroGamma:
+    """gamma(t) = 0: a deterministic interpolant (flow matching, rectified flow)."""
+
+    name, t_eps = "zero", 0.0
+
+    def __call__(self, t: Tensor) -> Tensor: return torch.zeros_like(t)
+    def deriv(self, t: Tensor) -> Tensor: return torch.zeros_like(t)
+
+
+class BrownianGamma:
+    """gamma(t) = a sqrt(t (1 - t)), the Brownian-bridge scale (Albergo et al., 2023;
+    a = sqrt(a') for their sqrt(a' t(1-t))). gamma' = a (1 - 2t) / (2 sqrt(t(1-t))) is
+    singular at t = 0, 1: it is evaluated at t clamped to [t_eps, 1 - t_eps]."""
+
+    name = "brownian"
+
+    def __init__(self, a: float = 1.0, t_eps: float = 1e-3):
+        if not a > 0 or not 0 < t_eps < 0.5:
+            raise ValueError(f"need a > 0 and 0 < t_eps < 0.5, got a={a}, t_eps={t_eps}")
+        self.a, self.t_eps = a, t_eps
+
+    def __call__(self, t: Tensor) -> Tensor:
+        return self.a * torch.sqrt((t * (1 - t)).clamp_min(0))
+
+    def deriv(self, t: Tensor) -> Tensor:
+        t = t.clamp(self.t_eps, 1 - self.t_eps)
+        return self.a * (1 - 2 * t) / (2 * torch.sqrt(t * (1 - t)))
+
+
+class SineSquaredGamma:
+    """gamma(t) = a sin²(pi t): zero with zero slope at both ends, so gamma' is bounded."""
+
+    name, t_eps = "sin2", 0.0
+
+    def __init__(self, a: float = 1.0):
+        if not a > 0:
+            raise ValueError(f"need a > 0, got {a}")
+        self.a = a
+
+    def __call__(self, t: Tensor) -> Tensor: return self.a * torch.sin(math.pi * t) ** 2
+    def deriv(self, t: Tensor) -> Tensor: return self.a * math.pi * torch.sin(2 * math.pi * t)
+
+
+GAMMAS = {"zero": ZeroGamma, "brownian": BrownianGamma, "sin2": SineSquaredGamma}
+
+
+def make_gamma(name: str, a: float = 1.0):
+    """Build a gamma schedule by name (see ``GAMMAS``)."""
+    if name not in GAMMAS:
+        raise ValueError(f"unknown gamma {name!r}; choose from {sorted(GAMMAS)}")
+    return ZeroGamma() if name == "zero" else GAMMAS[name](a)
+
+
+# ---------------------------------------------------------------- the interpolant
+
+class Interpolant(GaussianPath):
+    """x_t = alpha x1 + sigma x0 + gamma z with alpha, sigma from ``base`` (a GaussianPath
+    with exact boundaries, e.g. LinearPath or VPCosinePath) and a gamma schedule.
+
+    A GaussianPath, so ``objectives.CFM(interpolant)`` is the velocity loss for b
+    (it draws z and clamps t to [t_min, t_max] where gamma' is singular).
+    """
+
+    name = "interpolant"
+
+    def __init__(self, base: GaussianPath, gamma=None, source_is_gaussian: bool = False):
+        self.base, self.noise = base, gamma if gamma is not None else ZeroGamma()
+        self.has_bridge_noise = not isinstance(self.noise, ZeroGamma)
+        self.t_min, self.t_max = self.noise.t_eps, 1 - self.noise.t_eps
+        super().__init__(source_is_gaussian)
+        ends = self.noise(torch.tensor([0.0, 1.0], dtype=torch.float64))
+        if ends.abs().max() > 1e-12:
+            raise ValueError(f"gamma must vanish at t = 0 and 1, got {ends.tolist()}")
+
+    def alpha(self, t): return self.base.alpha(t)
+    def sigma(self, t): return self.base.sigma(t)
+    def d_alpha(self, t): return self.base.d_alpha(t)
+    def d_sigma(self, t): return self.base.d_sigma(t)
+    def gamma(self, t): return self.noise(t)
+    def d_gamma(self, t): return self.noise.deriv(t)
+
+    def sample(self, x0: Tensor, x1: Tensor, t: Tensor, z: Tensor | None = None) -> PathSample:
+        """x_t and its velocity alpha' x1 + sigma' x0 + gamma' z; t (B,) or scalar in [0, 1]."""
+        t = torch.as_tensor(t)
+        if t.numel() and (t.min() < 0 or t.max() > 1):
+            raise ValueError(f"t must lie in [0, 1], got range [{float(t.min())}, {float(t.max())}]")
+        if x0.shape != x1.shape:
+            raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} "
+                             f"and {tuple(x1.shape)}")
+        if z is not None and z.shape != x1.shape:
+            raise ValueError(f"z must have the shape of x1 {tuple(x1.shape)}, got {tuple(z.shape)}")
+        return super().sample(x0, x1, t, z)
+
+    def __repr__(self) -> str:
+        a = getattr(self.noise, "a", 0.0)
+        return f"Interpolant({self.base.name}, gamma={self.noise.name}(a={a}))"
+
+
+# ---------------------------------------------------------------- the two losses
+
+def velocity_objective(interp: Interpolant, coupling: Callable = independent) -> CFM:
+    """Loss for b: E_{t, x0, x1, z} || b(x_t, t) - (alpha' x1 + sigma' x0 + gamma' z) ||²
+    (Albergo et al., 2023: b is the minimiser). It is CFM on the interpolant."""
+    return CFM(interp, coupling=coupling, name=f"b[{interp.noise.name}]")
+
+
+@dataclass
+class DenoiserObjective:
+    """Loss for the denoiser: E_{t, x0, x1, z} || eta(x_t, t) - z ||², minimised by
+    eta(x, t) = E[z | x_t = x] = -gamma(t) s(x, t) (Albergo et al., 2023)."""
+
+    interp: Interpolant
+    coupling: Callable = independent
+
+    def __post_init__(self):
+        if not self.interp.has_bridge_noise:
+            raise ValueError("the denoiser needs gamma > 0: this interpolant has gamma = 0")
+
+    def loss(self, model, x0: Tensor, x1: Tensor, generator: torch.Generator,
+             per_sample: bool = True):
+        """(scalar loss, per-sample losses (B,) or None, t (B,)) as ``train`` expects."""
+        ps = CFM(self.interp, coupling=self.coupling).sample_path(x0, x1, generator)
+        pred = model(ps.xt, ps.t)
+        losses = (pred - ps.z).detach().pow(2).flatten(1).mean(1) if per_sample else None
+        return F.mse_loss(pred, ps.z), losses, ps.t
+
+
+# ---------------------------------------------------------------- the SDE family
+
+def score_from_denoiser(eta: Tensor, xt: Tensor, t: Tensor, interp: Interpolant) -> Tensor:
+    """s(x, t) = -eta(x, t) / gamma(t): (B, d). Undefined where gamma(t) = 0."""
+    g = interp.gamma(expand_t(t, xt))
+    if (g <= 0).any():
+        raise ValueError("the score -eta/gamma is undefined where gamma(t) = 0 (t = 0 or 1)")
+    return -eta / g
+
+
+def eps_following_gamma(eps: float, interp: Interpolant, grid: int = 1001) -> Callable:
+    """eps(t) = eps · gamma(t) / max_t gamma: noise that vanishes with gamma at the ends."""
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+    if eps > 0 and not interp.has_bridge_noise:
+        raise ValueError("eps > 0 needs gamma > 0 (the score comes from the denoiser)")
+    g_max = float(interp.gamma(torch.linspace(0, 1, grid, dtype=torch.float64)).max()) or 1.0
+    return lambda t: eps * interp.gamma(t) / g_max
+
+
+def sde_drift(b: Field, eta: Field, interp: Interpolant, eps_t: Callable) -> Field:
+    """The drift b + eps(t) s = b - eps(t) eta / gamma (Albergo et al., 2023, forward SDE).
+
+    Where eps(t) = 0 the denoiser is not called; eps(t) > 0 where gamma(t) = 0 is an error."""
+    def drift(x: Tensor, t: Tensor) -> Tensor:
+        tt = expand_t(t, x)
+        e = eps_t(tt)
+        if (e < 0).any():
+            raise ValueError("eps(t) must be >= 0")
+        if not (e > 0).any():
+            return b(x, t)
+        g = interp.gamma(tt)
+        if ((e > 0) & (g <= 0)).any():
+            raise ValueError("eps(t) > 0 where gamma(t) = 0: the score is undefined there; "
+                             "use eps_following_gamma")
+        return b(x, t) - torch.where(e > 0, e / g.clamp_min(1e-30), 0.0) * eta(x, t)
+    return drift
+
+
+@torch.no_grad()
+def sample_sde(b: Field, eta: Field | None, interp: Interpolant, x0: Tensor,
+               eps: float | Callable, steps: int, generator: torch.Generator,
+               return_trajectory: bool = False):
+    """Euler–Maruyama for dX = (b + eps s) dt + sqrt(2 eps) dW from t = 0 to 1: (B, d)
+    (or (steps + 1, B, d) with ``return_trajectory``).
+
+    ``eps`` a float means eps(t) = eps · gamma(t) / max gamma (``eps_following_gamma``);
+    a callable eps(t) (B, 1) -> (B, 1) is used as given. eps = 0 is the ODE (Euler).
+    """
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    eps_t = eps if callable(eps) else eps_following_gamma(eps, interp)
+    if eta is None:
+        def eta(x, t):
+            raise ValueError("eps(t) > 0 needs the denoiser eta; pass it (eta=None is the ODE)")
+    drift, h = sde_drift(b, eta, interp, eps_t), 1.0 / steps
+    x, traj = x0, [x0]
+    for k in range(steps):
+        t = torch.full((x.shape[0],), k * h, dtype=x.dtype)
+        noise = torch.sqrt(2 * eps_t(expand_t(t, x)) * h)
+        x = x + h * drift(x, t) + noise * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        if return_trajectory:
+            traj.append(x)
+    return torch.stack(traj) if return_trajectory else x
+
+
+# ---------------------------------------------------------------- closed forms
+
+@dataclass
+class GaussianMixture:
+    """sum_k w_k N(mu_k, S_k): weights (K,), means (K, d), covs (K, d, d), float64."""
+
+    weights: Tensor
+    means: Tensor
+    covs: Tensor
+
+    def __post_init__(self):
+        self.weights, self.means, self.covs = (torch.as_tensor(v, dtype=torch.float64)
+                                               for v in (self.weights, self.means, self.covs))
+        k, d = self.means.shape
+        if self.weights.shape != (k,) or self.covs.shape != (k, d, d):
+            raise ValueError(f"need weights (K,), means (K, d), covs (K, d, d); got "
+                             f"{tuple(self.weights.shape)}, {(k, d)}, {tuple(self.covs.shape)}")
+        if (self.weights < 0).any() or abs(float(self.weights.sum()) - 1) > 1e-9:
+            raise ValueError("mixture weights must be >= 0 and sum to 1")
+
+    def sample(self, n: int, generator: torch.Generator) -> Tensor:
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        z = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
+        return self.means[k] + (torch.linalg.cholesky(self.covs)[k] @ z[..., None])[..., 0]
+
+    def mean_cov(self) -> tuple[Tensor, Tensor]:
+        m = self.weights @ self.means
+        dev = self.means - m
+        cov = torch.einsum("k,kij->ij", self.weights, self.covs + dev[:, :, None] * dev[:, None, :])
+        return m, cov
+
+
+def exact_fields(interp: Interpolant, src: GaussianMixture, dst: GaussianMixture):
+    """Closed-form b(x, t) and eta(x, t) for x0 ~ src, x1 ~ dst (independent), z ~ N(0, I).
+
+    Given components (i, j), x_t is Gaussian with mean m = alpha mu1_j + sigma mu0_i and
+    covariance C = alpha² S1_j + sigma² S0_i + gamma² I, and (Gaussian conditioning)
+        E[xdot | x_t, ij] = alpha' mu1_j + sigma' mu0_i + K C^-1 (x - m),
+        K = alpha alpha' S1_j + sigma sigma' S0_i + gamma gamma' I,
+        E[z | x_t, ij]    = gamma C^-1 (x - m);
+    b and eta average these with the posterior weights of (i, j) given x_t.
+    Shapes: x (B, d), t (B,) -> (B, d) each, float64.
+    """
+    w = (src.weights[:, None] * dst.weights[None, :]).reshape(-1)  # (P,) pairs i, j
+    mu0 = src.means[:, None].expand(-1, len(dst.weights), -1).reshape(len(w), -1)
+    mu1 = dst.means[None].expand(len(src.weights), -1, -1).reshape(len(w), -1)
+    s0 = src.covs[:, None].expand(-1, len(dst.weights), -1, -1).reshape(len(w), *src.covs.shape[1:])
+    s1 = dst.covs[None].expand(len(src.weights), -1, -1, -1).reshape(len(w), *dst.covs.shape[1:])
+    eye = torch.eye(mu0.shape[1], dtype=torch.float64)
+
+    def parts(x: Tensor, t: Tensor):
+        x = x.double()
+        tt = expand_t(t, x).double()[:, :, None, None]  # (B, 1, 1, 1)
+        a, s, g = interp.alpha(tt), interp.sigma(tt), interp.gamma(tt)
+        da, ds, dg = interp.d_alpha(tt), interp.d_sigma(tt), interp.d_gamma(tt)
+        m = a[..., 0] * mu1 + s[..., 0] * mu0  # (B, P, d)
+        c = a**2 * s1 + s**2 * s0 + g**2 * eye  # (B, P, d, d)
+        k = a * da * s1 + s * ds * s0 + g * dg * eye
+        r = torch.linalg.solve(c, (x[:, None] - m)[..., None])  # C^-1 (x - m): (B, P, d, 1)
+        logp = (torch.log(w) - 0.5 * (x[:, None] - m)[..., None, :].matmul(r)[..., 0, 0]
+                - 0.5 * torch.logdet(c))
+        post = torch.softmax(logp, dim=1)[..., None]  # (B, P, 1)
+        vel = da[..., 0] * mu1 + ds[..., 0] * mu0 + (k @ r)[..., 0]
+        return (post * vel).sum(1), (post * g[..., 0] * r[..., 0]).sum(1)
+
+    last = {}
+
+    def cached(x: Tensor, t: Tensor):  # the SDE drift asks for b and eta at the same (x, t)
+        if last.get("x") is not x or last.get("t") is not t:  # holds x, t: no id reuse
+            last.update(x=x, t=t, val=parts(x, t))
+        return last["val"]
+
+    return (lambda x, t: cached(x, t)[0]), (lambda x, t: cached(x, t)[1])
