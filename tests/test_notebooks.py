@@ -194,3 +194,29 @@ def test_05_unifying_frameworks():
             assert value(r, f"gm_var_err_se_{path}_{proc}") < 5
             assert value(r, f"gm_w1_{path}_{proc}") < 3 * value(r, f"gm_w1_floor_{path}") + 0.01
     assert value(r, "gm_mean_err_se_mix_jump_posterior") < 5
+
+
+def test_06_poisson_flows():
+    r = quick_results("06_poisson_flows")
+    # the Beta radius sampler matches E|x-y|² = N sigma² D/(D-2) (measured 1.1% at 30000 draws)
+    assert value(r, "kernel_moment_rel_err_max") < 0.03
+    # the exact-denoiser ODE lands on the data for a heavy kernel and the Gaussian (0.014, 0.011)
+    for d in ("D2", "Dinf"):
+        assert value(r, f"exact_ode_median_dist_{d}") < 0.05
+    # the Gaussian limit (EDM) learns the checkerboard in 300 steps: measured 0.60 (floor 0.16)
+    floor = value(r, "w2sq_floor_2d")
+    assert floor < value(r, "w2sq_2d_Dinf_alpha0") < 1.0
+    assert floor < value(r, "w2sq_2d_D4_alpha0") < 1.5  # measured 0.86
+    # PFGM++ §6: state noise alpha = 0.4 hurts smaller D less (increase 0.18, 1.06, 2.20 for D = 2, 4, inf)
+    assert value(r, "ratio_w2sq_increase_D4_over_Dinf_alpha0.4") < 0.8  # measured 0.48
+    assert value(r, "w2sq_increase_2d_D2_alpha0.4") < value(r, "w2sq_increase_2d_D4_alpha0.4")
+    # ... but D = 2 has an infinite-variance kernel in 2D and is far less accurate (measured 38x)
+    assert value(r, "ratio_w2sq_D2_over_Dinf_alpha0") > 5
+    # more Heun steps help every D
+    for d in ("D2", "D4", "Dinf"):
+        e = [value(r, f"w2sq_2d_{d}_nfe{k}") for k in (10, 18, 36)]
+        assert e == sorted(e, reverse=True)
+    # digits: the floor is a fixed computation (6.158); 5-step U-Nets are untrained (FD ratio 38)
+    assert abs(value(r, "fd_floor_digits") - 6.158) < 0.05
+    for d in ("D16", "Dinf"):
+        assert value(r, f"fd_ratio_digits_{d}") > 1.0

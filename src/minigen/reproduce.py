@@ -75,6 +75,11 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
         "exact_fields_cov_err_se_eps2": ("<", 5.0),
         "gm_mean_err_se_mix_superposition_w0p5": ("<", 5.0),
     },
+    "06_poisson_flows": {  # PFGM++'s robustness ordering: state noise hurts smaller D less
+        "kernel_moment_rel_err_max": ("<", 0.02),
+        "ratio_w2sq_increase_D4_over_Dinf_alpha0.4": ("<", 1.0),
+        "ratio_fd_D4_over_Dinf_alpha0.5": ("<", 1.0),
+    },
 }
 
 # The README shows these headline figures per chapter (results/RESULTS.md shows all);
@@ -120,6 +125,12 @@ HEADLINE: dict[str, list[str]] = {
         "robust_increase_w2sq_eps0", "robust_increase_w2sq_eps0p5", "robust_increase_w2sq_eps2",
         "gm_w1_mix_flow", "gm_w1_mix_jump", "gm_w1_mix_jump_posterior",
         "gm_w1_mix_superposition_w0p5", "gm_w1_floor_mix", "exact_fields_cov_err_se_eps2"],
+    "06_poisson_flows": [
+        "w2sq_floor_2d", *(f"w2sq_2d_{d}_alpha0" for d in ("D2", "D4", "D16", "Dinf")),
+        *(f"w2sq_increase_2d_{d}_alpha0.4" for d in ("D2", "D4", "D16", "Dinf")),
+        "w2sq_2d_D4_nfe10", "w2sq_2d_Dinf_nfe10", "fd_floor_digits",
+        *(f"fd_digits_{d}_alpha{a}" for a in ("0", "0.5") for d in ("D4", "D16", "Dinf")),
+        "ratio_w2sq_increase_D4_over_Dinf_alpha0.4", "ratio_fd_D4_over_Dinf_alpha0.5"],
 }
 
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
