@@ -27,6 +27,7 @@ from typing import Callable
 
 import torch
 
+from .metrics import _sq, flow_terms  # flow_terms: the flow's per-sample terms (re-exported)
 from .objectives import CFM
 from .paths import GaussianPath, PathSample
 from .solvers import _v, integrate
@@ -196,31 +197,6 @@ def mean_and_se(values: Tensor) -> tuple[float, float]:
     if len(values) < 2:
         raise ValueError("need at least two values for a standard error")
     return float(values.mean()), float(values.std() / math.sqrt(len(values)))
-
-
-def _sq(x: Tensor) -> Tensor:
-    return x.reshape(len(x), -1).pow(2).sum(1)
-
-
-@torch.no_grad()
-def flow_terms(v: Velocity, z0: Tensor, steps: int = 200) -> dict:
-    """Per-sample terms of the flow Z on an Euler grid (left-point rule in t):
-
-        cost_z = ||Z1 - Z0||²,  kinetic_z = ∫ ||v(Z_t, t)||² dt,
-        straightness = ∫ ||(Z1 - Z0) - v(Z_t, t)||² dt       (Liu et al., 2023, Def. 3.6).
-
-    On the Euler grid Z1 - Z0 = h sum_k v_k exactly, so kinetic_z - straightness = cost_z
-    holds per sample. Returns a dict of (N,) tensors and ``z1`` (N, ...).
-    """
-    x, h, vels = z0, 1.0 / steps, []
-    for k in range(steps):
-        vel = _v(v, x, k * h)
-        vels.append(vel)
-        x = x + h * vel
-    disp = x - z0
-    kinetic = sum(_sq(u) for u in vels) * h
-    straight = sum(_sq(disp - u) for u in vels) * h
-    return {"cost_z": _sq(disp), "kinetic_z": kinetic, "straightness": straight, "z1": x}
 
 
 @torch.no_grad()
