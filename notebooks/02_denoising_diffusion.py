@@ -568,15 +568,17 @@ if not quick:  # the image claims need minutes of U-Net training; quick mode run
 ResultsTable(metrics)
 
 # %% [markdown]
-# **What the full-mode run reproduced** (CPU, 2026-11-29; `results/full/`):
+# **What the full-mode run reproduced** (CPU, 2026-11-30; `results/full/`):
 #
 # * *The bound trains a better bound.* On moons, over three seeds, the bound-trained models
-#   have the lower bound in every seed (3.157 ± 0.055 vs 3.196 ± 0.065 nats; paired
-#   differences −0.058, −0.040, −0.016). On MNIST, fine-tuning on the bound lowers it from
-#   3.22 to 3.10 bits/dim ($\sigma_k^2=\beta_k$) and from 3.10 to 2.92 ($\tilde\beta_k$).
-# * *Worse samples from the bound* did **not** show at this scale: ancestral W2² 0.147 ± 0.010
-#   (bound) vs 0.160 ± 0.016 ($L_\text{simple}$) on moons, FD 29.7 vs 30.7 on MNIST.
-# * The best bound, 2.92 bits/dim, does not beat the independent per-pixel model (2.49) at
+#   have the lower bound in every seed (3.087 ± 0.051 vs 3.162 ± 0.066 nats; paired
+#   differences −0.098, −0.079, −0.048). On MNIST, fine-tuning on the bound lowers it from
+#   3.22 to 3.09 bits/dim ($\sigma_k^2=\beta_k$) and from 3.10 to 2.91 ($\tilde\beta_k$).
+# * *Worse samples from the bound* did **not** show on moons: ancestral W2² 0.126 ± 0.010
+#   (bound) vs 0.139 ± 0.009 ($L_\text{simple}$). On MNIST the bound-tuned model's DDIM FD is
+#   31.0 vs 30.7 — the paper's direction, but a 1% difference from one training run is not
+#   evidence.
+# * The best bound, 2.91 bits/dim, does not beat the independent per-pixel model (2.49) at
 #   this budget; $L_0$ alone costs about a bit per interior pixel (see above).
 # * The best sampler (ancestral, 100 steps) reaches FD 23.9, 4.8× the real-vs-real floor,
 #   precision 0.67 and recall 0.90, every class between 7% and 14% of the samples, and a
