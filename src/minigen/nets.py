@@ -70,6 +70,25 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, scale: float = 1000.0) -> to
     return torch.cat([angles.sin(), angles.cos()], 1)
 
 
+def add_label_embedding(emb: torch.Tensor, label_emb: nn.Embedding | None, num_classes: int | None,
+                        cond: torch.Tensor | None, batch: int, name: str) -> torch.Tensor:
+    """emb + label_emb(cond) for integer labels cond (B,) in 0..num_classes, where num_classes is
+    the null label used when cond is None (classifier-free guidance); emb alone for a network
+    without labels. Shapes: emb (B, E) -> (B, E)."""
+    if label_emb is None:
+        if cond is not None:
+            raise ValueError(f"this {name} has no labels (num_classes=None) but got cond")
+        return emb
+    if cond is None:
+        cond = torch.full((batch,), num_classes, dtype=torch.long, device=emb.device)
+    if cond.shape != (batch,) or cond.dtype.is_floating_point:
+        raise ValueError(f"cond must be integer labels of shape ({batch},), got "
+                         f"{cond.dtype} {tuple(cond.shape)}")
+    if cond.numel() and (cond.min() < 0 or cond.max() > num_classes):
+        raise ValueError(f"labels must be in 0..{num_classes} ({num_classes} = null)")
+    return emb + label_emb(cond.long())
+
+
 class ResBlock(nn.Module):
     """Residual block: GroupNorm, SiLU, 3x3 conv, + time/label embedding, GroupNorm, SiLU, 3x3 conv.
 
@@ -163,19 +182,8 @@ class UNet(nn.Module):
 
     def embedding(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """Time embedding plus label embedding (null label when cond is None): (B, 4·base)."""
-        emb = self.time_mlp(sinusoidal_embedding(expand_t(t, x).view(-1), self.base))
-        if self.label_emb is None:
-            if cond is not None:
-                raise ValueError("this UNet has no labels (num_classes=None) but got cond")
-            return emb
-        if cond is None:
-            cond = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
-        if cond.shape != (x.shape[0],) or cond.dtype.is_floating_point:
-            raise ValueError(f"cond must be integer labels of shape ({x.shape[0]},), got "
-                             f"{cond.dtype} {tuple(cond.shape)}")
-        if cond.numel() and (cond.min() < 0 or cond.max() > self.num_classes):
-            raise ValueError(f"labels must be in 0..{self.num_classes} ({self.num_classes} = null)")
-        return emb + self.label_emb(cond.long())
+        return add_label_embedding(self.time_mlp(sinusoidal_embedding(expand_t(t, x).view(-1), self.base)),
+                                   self.label_emb, self.num_classes, cond, len(x), 'UNet')
 
     def network_input(self, x: torch.Tensor, cond_image: torch.Tensor | None) -> torch.Tensor:
         """x, or [x, cond_image] along the channels when cond_channels > 0:
@@ -317,18 +325,8 @@ class PatchTransformer(nn.Module):
 
     def conditioning(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         """c = MLP(sinusoidal(t)) (+ label embedding; null label when cond is None): (B, dim)."""
-        c = self.time_mlp(sinusoidal_embedding(expand_t(t, x).view(-1), self.dim))
-        if self.label_emb is None:
-            if cond is not None:
-                raise ValueError("this PatchTransformer has no labels (num_classes=None) but got cond")
-            return c
-        if cond is None:
-            cond = torch.full((x.shape[0],), self.num_classes, dtype=torch.long, device=x.device)
-        if cond.shape != (x.shape[0],) or cond.dtype.is_floating_point:
-            raise ValueError(f"cond must be integer labels of shape ({x.shape[0]},)")
-        if cond.numel() and (cond.min() < 0 or cond.max() > self.num_classes):
-            raise ValueError(f"labels must be in 0..{self.num_classes} ({self.num_classes} = null)")
-        return c + self.label_emb(cond.long())
+        return add_label_embedding(self.time_mlp(sinusoidal_embedding(expand_t(t, x).view(-1), self.dim)),
+                                   self.label_emb, self.num_classes, cond, len(x), 'PatchTransformer')
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None):
         s = self.image_size
