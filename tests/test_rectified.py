@@ -1,6 +1,8 @@
-"""Rectified flow, reflow, distillation, DDIM on any path and mode time sampling
-(src/minigen/rectified.py), checked on Gaussian -> Gaussian where everything has a closed form."""
+"""Rectified flow, reflow, distillation, DDIM on any path and the transport-cost identity
+(src/minigen/rectified.py), checked on Gaussian -> Gaussian where everything has a closed form.
+The time samplers (mode, constant) are tested in test_objectives.py."""
 
+import functools
 import math
 
 import pytest
@@ -10,18 +12,12 @@ from minigen.nets import MLP
 from minigen.objectives import CFM
 from minigen.paths import LinearPath, VPCosinePath
 from minigen.rectified import (
-    CustomTimeCFM,
     ReflowCoupling,
-    constant_time,
     ddim_sample,
     flow_terms,
     gaussian_rectified_velocity,
     identity_terms,
-    mode_map,
-    mode_time,
-    mode_time_density,
     model_pairs,
-    time_sampler,
 )
 from minigen.solvers import sample
 from minigen.train import train
@@ -36,6 +32,14 @@ def gaussian_pairs(n, seed=0):
     return x0, M + S * torch.randn(n, D, generator=g, dtype=torch.float64)
 
 
+@functools.lru_cache(maxsize=None)
+def scaled_field_identity(c: float) -> dict:
+    """identity_terms of the field c v* on 10 000 independent Gaussian pairs (computed once)."""
+    x0, x1 = gaussian_pairs(10000)
+    v = gaussian_rectified_velocity(M, S)
+    return identity_terms(lambda x, t: c * v(x, t), x0, x1, steps=100)
+
+
 def test_rectified_flow_of_gaussians_is_the_monotone_map():
     x0, _ = gaussian_pairs(500)
     z0, z1 = model_pairs(gaussian_rectified_velocity(M, S), x0, "rk4", 100)
@@ -44,9 +48,8 @@ def test_rectified_flow_of_gaussians_is_the_monotone_map():
 
 
 def test_identity_holds_for_the_exact_field_and_matches_the_closed_form():
-    x0, x1 = gaussian_pairs(20000)
-    r = identity_terms(gaussian_rectified_velocity(M, S), x0, x1, steps=200)
-    # both sides agree within Monte Carlo error (measured gap 0.020 +- 0.031)
+    r = scaled_field_identity(1.0)
+    # both sides agree within Monte Carlo error
     assert abs(r["gap"]) < 3 * r["gap_se"] + 1e-3
     # closed forms: |m|² + d(1 + s²) = 11.5, |m|² + d(1 - s)² = 9.5, V + S = 2 d s = 2
     assert abs(r["cost_x"] - 11.5) < 4 * r["cost_x_se"]
@@ -69,10 +72,38 @@ def test_straightness_of_the_gaussian_flow_matches_its_closed_form():
 
 
 def test_identity_check_detects_a_wrong_field():
-    x0, x1 = gaussian_pairs(20000)
-    v = gaussian_rectified_velocity(M, S)
-    r = identity_terms(lambda x, t: 1.1 * v(x, t), x0, x1, steps=200)
+    r = scaled_field_identity(1.1)
     assert abs(r["gap"]) > 5 * r["gap_se"]
+
+
+# V = d ∫ s² / s_t² dt = pi d s / 2 and K* = E∫||v*(X_t)||² = E||X1 - X0||² - V for the Gaussians
+V_GAUSS = math.pi * D * S / 2
+K_GAUSS = float(M.pow(2).sum()) + D * (1 + S**2) - V_GAUSS
+
+
+def test_conditional_variance_and_straightness_of_the_gaussian_flow_match_their_closed_forms():
+    """V = pi d s / 2 = 1.571 and S = d s (2 - pi / 2) = 0.429 (V + S = 2 d s)."""
+    r = scaled_field_identity(1.0)
+    assert abs(r["conditional_variance"] - V_GAUSS) < 4 * r["conditional_variance_se"]
+    # S has no sampling noise beyond E||Z0||² (SE ~ 0.7%) and the Euler grid's O(1/steps)
+    assert abs(r["straightness"] - D * S * (2 - math.pi / 2)) < 0.02
+
+
+@pytest.mark.parametrize("c", [0.8, 1.0, 1.1])
+def test_identity_for_any_field_closes_with_the_measured_extra_terms(c):
+    """For v = c v*: the CFM loss is L = V + (1 - c)² K* and the cross term
+    C = E∫ v·(D - v) = c (1 - c) K*; lhs = L + S + (K_X - K_Z) + 2 C holds per sample."""
+    r = scaled_field_identity(c)
+    assert abs(r["closure"]) < 1e-9 and r["closure_se"] < 1e-9
+    assert abs(r["gap"] - r["kinetic_mismatch"] - 2 * r["cross"]) < 1e-9
+    assert abs(r["cross"] - c * (1 - c) * K_GAUSS) < 4 * r["cross_se"] + 0.01
+    assert abs(r["conditional_variance"] - V_GAUSS - (1 - c) ** 2 * K_GAUSS) < (
+        4 * r["conditional_variance_se"] + 0.01)
+    if c == 1.0:  # the exact field: both extra terms vanish within Monte Carlo error
+        assert abs(r["kinetic_mismatch"]) < 3 * r["kinetic_mismatch_se"] + 1e-3
+        assert abs(r["cross"]) < 3 * r["cross_se"]
+    else:  # a wrong field's flow has other marginals: its kinetic energies differ
+        assert abs(r["kinetic_mismatch"]) > 10 * r["kinetic_mismatch_se"]
 
 
 def test_reflow_straightens_and_never_raises_the_cost():
@@ -102,7 +133,7 @@ def test_reflow_coupling_draws_stored_pairs():
 def test_distillation_loss_is_the_t0_regression():
     g = torch.Generator().manual_seed(0)
     z0, z1 = torch.randn(32, 2, generator=g), torch.randn(32, 2, generator=g)
-    obj = CustomTimeCFM(LinearPath(), coupling=lambda a, b, gen: (a, b), draw_time=constant_time(0.0))
+    obj = CFM(LinearPath(), coupling=lambda a, b, gen: (a, b), time_sampler="constant", time_loc=0.0)
     torch.manual_seed(0)
     net = MLP(2, 16, 2)
     loss, _, t = obj.loss(net, z0, z1, g)
@@ -115,7 +146,7 @@ def test_distilled_one_step_model_matches_its_teacher_pairs():
     x0, _ = gaussian_pairs(2000)
     z0, z1 = model_pairs(gaussian_rectified_velocity(M, S), x0.float(), "rk4", 50)
     pairs = ReflowCoupling(z0, z1)
-    obj = CustomTimeCFM(LinearPath(), coupling=pairs, draw_time=constant_time(0.0))
+    obj = CFM(LinearPath(), coupling=pairs, time_sampler="constant", time_loc=0.0)
     torch.manual_seed(0)
     net = MLP(2, 32, 2, "silu")
     res = train(net, obj.loss, pairs.batch(64), steps=250, lr=3e-3, progress=False, device="cpu")
@@ -143,44 +174,7 @@ def test_ddim_is_exact_for_a_deterministic_coupling_and_euler_on_the_linear_path
                           sample(vel, x0, "euler", 4).x, atol=1e-5)
 
 
-def test_mode_sampling_density():
-    t = torch.linspace(0.0005, 0.9995, 1000)
-    for s in (-0.5, 0.0, 1.29):
-        dens = mode_time_density(t, s)
-        assert abs(float(dens.mean()) - 1) < 2e-3  # integrates to 1
-        assert torch.allclose(dens, dens.flip(0), atol=1e-6)  # symmetric about 1/2
-    assert torch.allclose(mode_time_density(t, 0.0), torch.ones(1000, dtype=torch.float64))
-    # at t = 1/2, u = 1/2 and the density is 1 / (1 - s (pi/2 - 1))
-    centre = float(mode_time_density(torch.tensor([0.5]), 1.29))
-    assert abs(centre - 1 / (1 - 1.29 * (math.pi / 2 - 1))) < 1e-6
-    x = mode_time(200000, torch.Generator().manual_seed(0), 1.29)
-    hist = torch.histc(x, 10, 0, 1) / 20000
-    edges = torch.linspace(0, 1, 11)
-    want = torch.tensor([float(mode_time_density(torch.linspace(a, b, 402)[1:-1], 1.29).mean())
-                         for a, b in zip(edges[:-1], edges[1:])])
-    assert torch.allclose(hist, want.float(), atol=0.03)  # SE per bin <= 0.011
-
-
-def test_samplers_by_name():
-    g = torch.Generator().manual_seed(0)
-    for name in ("uniform", "logit_normal", "mode"):
-        t = time_sampler(name)(1000, g)
-        assert t.shape == (1000,) and 0 <= t.min() and t.max() <= 1
-    assert torch.all(time_sampler("constant", value=0.25)(5, g) == 0.25)
-    obj = CustomTimeCFM(LinearPath(), draw_time=time_sampler("mode", scale=1.29))
-    ps = obj.sample_path(torch.zeros(4000, 2), torch.ones(4000, 2), g)
-    assert 0.2 < float(((ps.t - 0.5).abs() < 0.1).float().mean()) < 0.6  # uniform would be 0.2
-
-
 def test_bad_inputs():
-    with pytest.raises(ValueError, match="mode scale"):
-        mode_map(torch.zeros(1), 2.0)
-    with pytest.raises(ValueError, match="mode scale"):
-        time_sampler("mode", scale=-2)
-    with pytest.raises(ValueError, match="unknown time sampler"):
-        time_sampler("cosine")
-    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
-        constant_time(1.5)
     with pytest.raises(ValueError, match="one shape"):
         ReflowCoupling(torch.zeros(3, 2), torch.zeros(4, 2))
     with pytest.raises(ValueError, match="std"):
@@ -189,5 +183,5 @@ def test_bad_inputs():
         ddim_sample(lambda x, t: x, LinearPath(), "velocity", torch.zeros(2, 2), 0)
     with pytest.raises(ValueError, match="empty"):
         model_pairs(lambda x, t: x, torch.zeros(0, 2))
-    with pytest.raises(ValueError, match="unknown time sampler"):
-        CFM(LinearPath(), time_sampler="mode")  # objectives.CFM does not know mode sampling
+    with pytest.raises(ValueError, match="one shape"):
+        identity_terms(lambda x, t: x, torch.zeros(3, 2), torch.zeros(4, 2))

@@ -12,6 +12,7 @@ et al., 2023, Thm. 2), which is why a per-sample conditional target suffices.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -22,7 +23,50 @@ from .couplings import gibbs_weights, independent
 from .paths import GaussianPath, PathSample
 
 Tensor = torch.Tensor
-TIME_SAMPLERS = ("uniform", "logit_normal")
+TIME_SAMPLERS = ("uniform", "logit_normal", "mode", "constant")
+MODE_SCALE_MAX = 2.0 / (math.pi - 2.0)  # f_mode is monotone on [0, 1] for -1 <= s <= this
+
+
+def mode_map(u: Tensor, scale: float) -> Tensor:
+    """f_mode(u; s) = 1 - u - s (cos²(pi u / 2) - 1 + u) (Esser et al., 2024, eq. 20).
+
+    Monotone on [0, 1] for -1 <= s <= 2 / (pi - 2); s = 0 is the reversed identity 1 - u
+    (uniform t). f(1 - u) = 1 - f(u), so the density is symmetric about 1/2 and the same in
+    their time (t = 1 noise) and ours (t = 0 noise). Shapes: u (n,) -> (n,).
+    """
+    check_mode_scale(scale)
+    return 1 - u - scale * (torch.cos(0.5 * math.pi * u) ** 2 - 1 + u)
+
+
+def check_mode_scale(scale: float) -> None:
+    """Raise ValueError unless -1 <= s <= 2 / (pi - 2), where f_mode is a bijection of [0, 1]."""
+    if not -1.0 <= scale <= MODE_SCALE_MAX:
+        raise ValueError(f"mode scale must be in [-1, 2/(pi-2) = {MODE_SCALE_MAX:.3f}], got {scale}")
+
+
+def mode_time_density(t: Tensor, scale: float, iters: int = 60) -> Tensor:
+    """pi_mode(t; s) = |d f_mode^{-1}(t) / dt| = 1 / |f'(u)| at u = f^{-1}(t), with
+    f'(u) = -1 + s (pi/2 sin(pi u) - 1); f is inverted by bisection. Shapes: t (n,) -> (n,)."""
+    t = t.double()
+    lo, hi = torch.zeros_like(t), torch.ones_like(t)
+    for _ in range(iters):  # f is decreasing: f(mid) > t means the root lies to the right
+        mid = 0.5 * (lo + hi)
+        right = mode_map(mid, scale) > t
+        lo, hi = torch.where(right, mid, lo), torch.where(right, hi, mid)
+    u = 0.5 * (lo + hi)
+    return 1.0 / (1.0 - scale * (0.5 * math.pi * torch.sin(math.pi * u) - 1.0)).abs()
+
+
+def check_time_sampler(sampler: str, loc: float = 0.0, scale: float = 1.0) -> None:
+    """Raise ValueError for an unknown sampler or parameters outside its range."""
+    if sampler not in TIME_SAMPLERS:
+        raise ValueError(f"unknown time sampler {sampler!r}; choose from {TIME_SAMPLERS}")
+    if sampler == "logit_normal" and not scale > 0:
+        raise ValueError(f"logit-normal scale must be > 0, got {scale}")
+    if sampler == "mode":
+        check_mode_scale(scale)
+    if sampler == "constant" and not 0.0 <= loc <= 1.0:
+        raise ValueError(f"constant time (loc) must be in [0, 1], got {loc}")
 
 
 def sample_time(n: int, generator: torch.Generator, sampler: str = "uniform",
@@ -30,15 +74,20 @@ def sample_time(n: int, generator: torch.Generator, sampler: str = "uniform",
     """Training times t in [0, 1]: (n,).
 
     ``uniform``: t ~ U[0, 1]. ``logit_normal``: t = sigmoid(u), u ~ N(loc, scale²)
-    (Esser et al., 2024, "Scaling Rectified Flow Transformers", eq. 19).
+    (Esser et al., 2024, "Scaling Rectified Flow Transformers", eq. 19). ``mode``: mode
+    sampling with heavy tails, t = f_mode(u; scale), u ~ U[0, 1] (their eq. 20; their best
+    setting is scale = 1.29; ``mode_map``). ``constant``: t ≡ loc — with loc = 0 the CFM loss
+    on reflow pairs is the one-step distillation loss E||v(Z0, 0) - (Z1 - Z0)||²
+    (Liu et al., 2023, §2.3).
     """
+    check_time_sampler(sampler, loc, scale)
     if sampler == "uniform":
         return torch.rand(n, generator=generator)
     if sampler == "logit_normal":
-        if scale <= 0:
-            raise ValueError(f"logit-normal scale must be > 0, got {scale}")
         return torch.sigmoid(loc + scale * torch.randn(n, generator=generator))
-    raise ValueError(f"unknown time sampler {sampler!r}; choose from {TIME_SAMPLERS}")
+    if sampler == "mode":
+        return mode_map(torch.rand(n, generator=generator), scale)
+    return torch.full((n,), float(loc))
 
 
 def regression_target(ps: PathSample, prediction: str) -> Tensor:
@@ -56,7 +105,8 @@ def regression_target(ps: PathSample, prediction: str) -> Tensor:
 @dataclass
 class CFM:
     """Conditional flow matching with a coupling, a path, a prediction type,
-    a time sampler and optional Gibbs weights (W-CFM).
+    a time sampler (``sample_time``: its name, ``time_loc`` and ``time_scale``) and optional
+    Gibbs weights (W-CFM).
 
     The variants of chapter 01 differ in one field each:
     I-CFM = CFM(LinearPath()); OT-CFM adds ``coupling=ExactOT()``;
@@ -78,9 +128,7 @@ class CFM:
             raise ValueError(f"unknown prediction type {self.prediction!r}")
         if self.prediction == "epsilon" and not self.path.source_is_gaussian:
             raise ValueError("epsilon prediction needs a N(0, I) source")
-        if self.time_sampler not in TIME_SAMPLERS:
-            raise ValueError(f"unknown time sampler {self.time_sampler!r}; choose from "
-                             f"{TIME_SAMPLERS}")
+        check_time_sampler(self.time_sampler, self.time_loc, self.time_scale)
 
     def sample_path(self, x0: Tensor, x1: Tensor, generator: torch.Generator) -> PathSample:
         """Pair the batch, draw t (and bridge noise z), and sample the path."""

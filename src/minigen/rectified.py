@@ -1,11 +1,11 @@
 """Straight paths: rectified flow, reflow, one-step distillation, first-order (DDIM) sampling
-of any path, and the time samplers of Scaling Rectified Flow Transformers.
+of any path, and the transport-cost identity, exact for any learned field.
 
 * Liu, Gong & Liu (2023), "Flow Straight and Fast" (ICLR): the k-rectified flow is CFM with the
   linear path trained on the pairs (Z0, Z1) of the (k-1)-rectified flow — a *model-induced
   coupling* (``model_pairs``, ``ReflowCoupling``); training reuses ``objectives.CFM`` and
   ``train.train``. Distillation to one step is the same regression with t fixed at 0
-  (``CustomTimeCFM`` with ``constant_time(0)``).
+  (``CFM(..., time_sampler="constant", time_loc=0.0)``).
 * The transport-cost identity (their Thm. 3.5 and Def. 3.6, stated exactly in
   ``identity_terms``): for the flow Z induced by a coupling (X0, X1),
 
@@ -15,21 +15,20 @@ of any path, and the time samplers of Scaling Rectified Flow Transformers.
 * Wang et al. (2024), "Rectified Diffusion": what reflow needs is matched (noise, sample) pairs
   and a *first-order* ODE in the path's own coordinates; ``ddim_sample`` is that solver for any
   Gaussian path (DDIM, Song et al., 2021, eq. 12 in our time), and equals Euler on the linear path.
-* Esser et al. (2024), "Scaling Rectified Flow Transformers", §3.1: mode sampling with heavy
-  tails, ``mode_time`` and its density ``mode_time_density`` (logit-normal is in objectives.py).
+* For a learned field v the identity gains two measured terms and holds for ANY v
+  (``identity_terms``): lhs = L(v) + S(Z) + [K_X(v) - K_Z(v)] + 2 C(v), see there.
+  (The time samplers of Esser et al., 2024 — logit-normal, mode — are in objectives.py.)
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from .metrics import _sq, flow_terms  # flow_terms: the flow's per-sample terms (re-exported)
-from .objectives import CFM
-from .paths import GaussianPath, PathSample
+from .paths import GaussianPath
 from .solvers import _v, integrate
 
 Tensor = torch.Tensor
@@ -83,82 +82,6 @@ class ReflowCoupling:
         return f"ReflowCoupling({len(self)} pairs)"
 
 
-# ---------------------------------------------------------------- time samplers
-
-def constant_time(value: float) -> Callable:
-    """A degenerate time sampler t ≡ value: with value = 0 the CFM loss on reflow pairs becomes
-    the one-step distillation loss E||v(Z0, 0) - (Z1 - Z0)||² (Liu et al., 2023, §2.3)."""
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"time must be in [0, 1], got {value}")
-    return lambda n, generator: torch.full((n,), float(value))
-
-
-def mode_map(u: Tensor, scale: float) -> Tensor:
-    """f_mode(u; s) = 1 - u - s (cos²(pi u / 2) - 1 + u) (Esser et al., 2024, eq. 20).
-
-    Monotone on [0, 1] for -1 <= s <= 2 / (pi - 2); s = 0 is the identity-reversed map 1 - u
-    (uniform t). f(1 - u) = 1 - f(u), so the density is symmetric about 1/2 and the same in
-    their time (t = 1 noise) and ours (t = 0 noise). Shapes: u (n,) -> (n,).
-    """
-    if not -1.0 <= scale <= 2.0 / (math.pi - 2.0):
-        raise ValueError(f"mode scale must be in [-1, 2/(pi-2) = {2 / (math.pi - 2):.3f}], got {scale}")
-    return 1 - u - scale * (torch.cos(0.5 * math.pi * u) ** 2 - 1 + u)
-
-
-def mode_time(n: int, generator: torch.Generator, scale: float = 1.29) -> Tensor:
-    """Mode sampling: t = f_mode(u; s), u ~ U[0, 1] (Esser et al., 2024, §3.1; s = 1.29 is their
-    best "mode" setting). s > 0 concentrates t near 1/2, s < 0 near the ends. Shape (n,)."""
-    return mode_map(torch.rand(n, generator=generator), scale)
-
-
-def mode_time_density(t: Tensor, scale: float, iters: int = 60) -> Tensor:
-    """pi_mode(t; s) = |d f_mode^{-1}(t) / dt| = 1 / |f'(u)| at u = f^{-1}(t), with
-    f'(u) = -1 + s (pi/2 sin(pi u) - 1); f is inverted by bisection. Shapes: t (n,) -> (n,)."""
-    t = t.double()
-    lo, hi = torch.zeros_like(t), torch.ones_like(t)
-    for _ in range(iters):  # f is decreasing: f(mid) > t means the root lies to the right
-        mid = 0.5 * (lo + hi)
-        right = mode_map(mid, scale) > t
-        lo, hi = torch.where(right, mid, lo), torch.where(right, hi, mid)
-    u = 0.5 * (lo + hi)
-    return 1.0 / (1.0 - scale * (0.5 * math.pi * torch.sin(math.pi * u) - 1.0)).abs()
-
-
-def time_sampler(name: str, **kw) -> Callable:
-    """A time sampler ``(n, generator) -> t (n,)`` by name: uniform, logit_normal (loc, scale),
-    mode (scale), constant (value)."""
-    if name == "uniform":
-        return lambda n, generator: torch.rand(n, generator=generator)
-    if name == "logit_normal":
-        loc, scale = kw.get("loc", 0.0), kw.get("scale", 1.0)
-        if scale <= 0:
-            raise ValueError(f"logit-normal scale must be > 0, got {scale}")
-        return lambda n, generator: torch.sigmoid(loc + scale * torch.randn(n, generator=generator))
-    if name == "mode":
-        scale = kw.get("scale", 1.29)
-        mode_map(torch.zeros(1), scale)  # validates the scale now, not at the first step
-        return lambda n, generator: mode_time(n, generator, scale)
-    if name == "constant":
-        return constant_time(kw.get("value", 0.0))
-    raise ValueError(f"unknown time sampler {name!r}; choose uniform, logit_normal, mode, constant")
-
-
-@dataclass
-class CustomTimeCFM(CFM):
-    """``objectives.CFM`` with any time sampler ``draw_time(n, generator) -> (n,)`` in [0, 1]
-    (mode sampling; t ≡ 0 for one-step distillation). Everything else is CFM's."""
-
-    draw_time: Callable = field(default=None)
-
-    def sample_path(self, x0: Tensor, x1: Tensor, generator: torch.Generator) -> PathSample:
-        if self.draw_time is None:
-            return super().sample_path(x0, x1, generator)
-        x0, x1 = self.coupling(x0, x1, generator)
-        t = self.draw_time(len(x1), generator).clamp(self.path.t_min, self.path.t_max).to(x1)
-        z = torch.randn(x1.shape, generator=generator).to(x1) if self.path.has_bridge_noise else None
-        return self.path.sample(x0, x1, t, z)
-
-
 # ---------------------------------------------------------------- first-order sampling of a path
 
 @torch.no_grad()
@@ -201,45 +124,60 @@ def mean_and_se(values: Tensor) -> tuple[float, float]:
 
 @torch.no_grad()
 def coupling_terms(v: Velocity, x0: Tensor, x1: Tensor, n_t: int = 200) -> dict:
-    """Per-sample terms of the training coupling (X0, X1) on the linear path, midpoint rule in t:
+    """Per-sample terms of the training coupling (X0, X1) on the linear path, D = X1 - X0,
+    midpoint rule in t with ``n_t`` nodes:
 
-        cost_x = ||X1 - X0||²,  kinetic_x = ∫ ||v(X_t, t)||² dt,
-        conditional_variance = ∫ ||X1 - X0 - v(X_t, t)||² dt   (the CFM loss; V at the optimum).
+        cost_x = ||D||²,  kinetic_x = ∫ ||v(X_t, t)||² dt,
+        conditional_variance = ∫ ||D - v(X_t, t)||² dt   (the CFM loss L(v); V(X) at the optimum),
+        cross = ∫ v(X_t, t) · (D - v(X_t, t)) dt        (zero in expectation at the optimum).
 
-    Returns a dict of (N,) tensors.
+    At every node ||D||² = ||v||² + ||D - v||² + 2 v·(D - v), so per sample
+    cost_x = kinetic_x + conditional_variance + 2 cross exactly. Returns a dict of (N,) tensors.
     """
     if x0.shape != x1.shape:
         raise ValueError(f"x0 and x1 must have one shape, got {tuple(x0.shape)}, {tuple(x1.shape)}")
     d = x1 - x0
-    kin = torch.zeros(len(x0), dtype=torch.float64)
-    var = torch.zeros(len(x0), dtype=torch.float64)
+    kin, var, cross = (torch.zeros(len(x0), dtype=torch.float64) for _ in range(3))
     for k in range(n_t):
         t = (k + 0.5) / n_t
         u = _v(v, t * x1 + (1 - t) * x0, t)
         kin += _sq(u).double() / n_t
         var += _sq(d - u).double() / n_t
-    return {"cost_x": _sq(d), "kinetic_x": kin, "conditional_variance": var}
+        cross += (u * (d - u)).reshape(len(u), -1).sum(1).double() / n_t
+    return {"cost_x": _sq(d), "kinetic_x": kin, "conditional_variance": var, "cross": cross}
 
 
 def identity_terms(v: Velocity, x0: Tensor, x1: Tensor, steps: int = 200) -> dict:
-    """Both sides of E||X1 - X0||² - E||Z1 - Z0||² = V(X) + S(Z) with standard errors.
+    """Both sides of E||X1 - X0||² - E||Z1 - Z0||² = V(X) + S(Z), and the two terms that make
+    it hold for ANY field v, with standard errors. Z is v's flow from Z0 = X0 (Euler, ``steps``).
 
-    Derivation (Liu et al., 2023, Thm. 3.5 made exact): v(x, t) = E[X1 - X0 | X_t = x], so
+    Exact field (Liu et al., 2023, Thm. 3.5 made exact): v(x, t) = E[X1 - X0 | X_t = x], so
     E||X1 - X0||² = E∫||v(X_t)||² + V (orthogonality of a conditional expectation), and
     ||Z1 - Z0||² = ∫||v(Z_t)||² - ∫||Z1 - Z0 - v(Z_t)||² per trajectory; Z_t and X_t share
-    their marginals, so the two kinetic energies are equal and the identity follows. The
-    difference lhs - rhs is kinetic_x - kinetic_z: with Z0 = X0 sample for sample, its
-    standard error is that of the paired differences. Returns means, SEs and the gap.
+    their marginals, so the two kinetic energies are equal and the identity follows.
+
+    Any field: per sample, ||D||² = ∫||v(X_t)||² + ∫||D - v(X_t)||² + 2∫v·(D - v), hence
+
+        lhs = L(v) + S(Z) + [K_X(v) - K_Z(v)] + 2 C(v),
+
+    L(v) the CFM loss (``conditional_variance``; = V at the optimum, V + E∫||v - v*||² else),
+    K_X - K_Z = ``kinetic_mismatch`` (v's energy under the interpolant's marginals minus under
+    its own flow's: zero when the flow reproduces the marginals) and C(v) = ``cross`` =
+    -½ d/dc L(c v) at c = 1 (zero at any stationary point of the loss in v's scale). The
+    ``gap`` lhs - rhs = kinetic_mismatch + 2 cross per sample (``closure`` = the rounding
+    left over). SEs are those of paired per-sample differences. Returns means and SEs.
     """
     c = coupling_terms(v, x0, x1, steps)
     f = flow_terms(v, x0, steps)
     lhs = c["cost_x"].double() - f["cost_z"].double()
     rhs = c["conditional_variance"] + f["straightness"].double()
+    mismatch = c["kinetic_x"] - f["kinetic_z"].double()
     out = {}
     for name, vals in (("cost_x", c["cost_x"]), ("cost_z", f["cost_z"]),
                        ("conditional_variance", c["conditional_variance"]),
                        ("straightness", f["straightness"]), ("lhs", lhs), ("rhs", rhs),
-                       ("gap", lhs - rhs)):
+                       ("gap", lhs - rhs), ("kinetic_mismatch", mismatch), ("cross", c["cross"]),
+                       ("closure", lhs - rhs - mismatch - 2 * c["cross"])):
         out[name], out[name + "_se"] = mean_and_se(vals)
     return out
 
@@ -254,7 +192,8 @@ def gaussian_rectified_velocity(mean: Tensor, std: float) -> Velocity:
 
     Its flow is Z_t = t m + s_t Z0, so Z1 = m + std Z0 — the OT (monotone) map — reached on a
     curved-in-time path unless std = 1. Then E||X1-X0||² = |m|² + d(1 + std²),
-    E||Z1-Z0||² = |m|² + d(1 - std)², and V + S = 2 d std. Shapes: x (B, d), t (B,) -> (B, d).
+    E||Z1-Z0||² = |m|² + d(1 - std)², and V + S = 2 d std, of which
+    V = d ∫ std² / s_t² dt = pi d std / 2 (so S = d std (2 - pi/2)). Shapes: x (B, d), t (B,) -> (B, d).
     """
     if std <= 0:
         raise ValueError(f"std must be > 0, got {std}")
