@@ -336,6 +336,87 @@ def test_nll_bound_monte_carlo_terms_average_to_the_full_sum():
         TINY.nll_bound(model, x0[:2], gen(0), terms=0)
 
 
+def test_stratified_terms_average_to_the_full_sum():
+    """terms=m with several strata (T = 30): unbiased against the full sum, and less spread
+    than one uniform term per draw."""
+    sched = DDPMSchedule(T=30, beta_start=0.01, beta_end=0.3)
+    model = lambda x, t: 0.3 * x + t[:, None]
+    x0 = torch.tensor([[0.2, -0.4]], dtype=F64).expand(20000, 2)
+    full = sched.nll_bound(model, x0, gen(21), bin_width=None)
+    strat = sched.nll_bound(model, x0, gen(22), bin_width=None, terms=6)
+    one = sched.nll_bound(model, x0, gen(23), bin_width=None, terms=1)
+    se = math.sqrt(float(full.var() + strat.var()) / 20000)
+    assert abs(float(full.mean() - strat.mean())) < 5 * se
+    assert float(strat.std()) < 0.7 * float(one.std())
+
+
+def test_bound_strata_cover_the_middle_steps_once():
+    edges = SCHED.bound_strata(20)
+    assert int(edges[0]) == 2 and int(edges[-1]) == SCHED.T + 1
+    assert bool((edges[1:] > edges[:-1]).all()) and len(edges) <= 21
+    assert int(edges[1] - edges[0]) == 1  # the largest terms (k = 2) are evaluated exactly
+    assert len(TINY.bound_strata(50)) == 4  # more strata than steps: one per step, 2, 3, 4
+    with pytest.raises(ValueError, match="terms must be a positive integer"):
+        SCHED.bound_strata(0)
+
+
+def test_fitted_step_variances_match_the_true_reverse_variance_of_a_gaussian():
+    """1D data N(0, s²) with its exact epsilon: mu_theta is the exact posterior mean, so the
+    fitted sigma_k² must equal beta_tilde_k + c_k² Var(x_0 | x_k), with c_k the coefficient of
+    x_0 in mu_tilde and Var(x_0 | x_k) = s² (1 - ab_k) / (ab_k s² + 1 - ab_k)."""
+    s2 = 0.04
+    ab = SCHED.alpha_bar
+
+    def exact_eps(x, t):
+        k = torch.round((1 - t) * SCHED.T).long()
+        a = ab[k].to(x)[:, None]
+        return (1 - a).sqrt() * x / (a * s2 + 1 - a)
+    x0 = math.sqrt(s2) * torch.randn(40000, 1, generator=gen(30), dtype=F64)
+    got = SCHED.fitted_step_variances(exact_eps, x0, gen(31), grid=12)
+    for k in (2, 10, 100, 700):
+        a_k, a_j = ab[k], ab[k - 1]
+        c0 = a_j.sqrt() * SCHED.betas[k] / (1 - a_k)
+        beta_tilde = (1 - a_j) / (1 - a_k) * SCHED.betas[k]
+        want = beta_tilde + c0 ** 2 * s2 * (1 - a_k) / (a_k * s2 + 1 - a_k)
+        assert float(got[k]) == pytest.approx(float(want), rel=0.05), k
+
+
+def test_fitted_variances_lower_the_bound_of_an_imperfect_model():
+    """A biased epsilon model: the fitted per-step variances give a smaller bound (on fresh
+    data) than both of Ho et al.'s fixed choices, because they minimise each KL term."""
+    sched = DDPMSchedule(T=50, beta_start=1e-3, beta_end=0.2)
+    model = lambda x, t: 0.5 * x + 0.2
+    x0 = 0.3 * torch.randn(4000, 2, generator=gen(40), dtype=F64)
+    fitted = sched.fitted_step_variances(model, x0, gen(41), grid=49)
+    x_new = 0.3 * torch.randn(4000, 2, generator=gen(42), dtype=F64)
+    got = sched.nll_bound(model, x_new, gen(43), variance=fitted, bin_width=None)
+    for v in ("beta", "beta_tilde"):  # same noise draws: a paired difference per point
+        diff = sched.nll_bound(model, x_new, gen(43), variance=v, bin_width=None) - got
+        assert float(diff.mean()) > 5 * float(diff.std()) / math.sqrt(len(diff)), v
+    with pytest.raises(ValueError, match="per-step variances must have shape"):
+        sched.model_variance(x0[:3], 5, variance=fitted[:10])
+    with pytest.raises(ValueError, match="single steps"):
+        sched.model_variance(x0[:3], 5, prev=2, variance=fitted)
+
+
+def test_fitted_decoder_std_minimises_the_decoder_term():
+    """The returned std gives a mean L_0 no larger than sqrt(beta_1) or its neighbours on the
+    grid; for a model whose x_1 -> x_0 error is ~0.004 on 256 levels it shrinks below the
+    default sqrt(beta_1) = 0.01 of Ho et al."""
+    bins = unit_interval_bins(256)
+    levels = torch.randint(0, 256, (2000, 4), generator=gen(50))
+    x0 = ((2 * levels.double() + 1) / 256 - 1)
+
+    def near_exact(x, t):  # predicts the true noise of x_1 up to a small error
+        return (x - SCHED.alpha_bar[1].sqrt() * x0) / (1 - SCHED.alpha_bar[1]).sqrt() * 0.6
+    std = SCHED.fitted_decoder_std(near_exact, x0, gen(51), **bins)
+    g = lambda s: float(SCHED.decoder_nll(near_exact, x0, torch.randn(x0.shape, generator=gen(51),
+                                                                     dtype=F64), std=s, **bins).mean())
+    base = math.sqrt(float(SCHED.betas[1]))
+    assert std < base
+    assert g(std) <= min(g(base), g(std * 1.2), g(std / 1.2)) + 1e-9
+
+
 def test_unit_interval_bins_sum_to_one_over_all_levels():
     """The decoder's bins for data.to_unit_interval partition the line: the probabilities of the
     K levels sum to 1 for any mean (a wrong width, or edges not reaching ±inf, would not)."""

@@ -239,3 +239,30 @@ def test_per_t_diagnostic_is_the_binned_mean_of_the_per_sample_losses():
     assert torch.allclose(centres, torch.tensor([0.125, 0.375, 0.625, 0.875]))
     assert torch.equal(means, torch.tensor([1.0, 3.0, 0.0, 4.5]))
     assert res.ema is None and res.ms_per_step > 0 and res.wall_s > 0
+
+
+def test_cosine_lr_warms_up_then_decays_to_zero():
+    from minigen.train import cosine_lr
+    assert cosine_lr(0, 1000, 1e-3, warmup=100) == pytest.approx(1e-5 * 0.5 * (1 + math.cos(0)))
+    assert cosine_lr(99, 1000, 1e-3, warmup=100) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.099)))
+    assert cosine_lr(500, 1000, 1e-3, warmup=100) == pytest.approx(0.5e-3)
+    assert cosine_lr(999, 1000, 1e-3, warmup=0) < 1e-8
+    with pytest.raises(ValueError, match="warmup"):
+        cosine_lr(0, 0, 1e-3)
+
+
+def test_train_follows_the_cosine_schedule():
+    """The optimizer's lr at the last step is the schedule's; unknown schedules are refused."""
+    from minigen.train import cosine_lr
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+
+    def loss_fn(model, x, generator, per_sample):
+        return model(x).pow(2).mean(), None, None
+    train(net, loss_fn, lambda g: (torch.randn(8, 2, generator=g),), steps=30, lr=0.1, optimizer=opt,
+          lr_schedule="cosine", warmup=5, progress=False, device="cpu")
+    assert opt.param_groups[0]["lr"] == pytest.approx(cosine_lr(29, 30, 0.1, 5))
+    with pytest.raises(ValueError, match="lr_schedule"):
+        train(net, loss_fn, lambda g: (torch.randn(8, 2, generator=g),), steps=1, lr_schedule="step",
+              progress=False, device="cpu")

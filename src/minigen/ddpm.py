@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 
 from .paths import VPLinearBetaPath
@@ -141,11 +142,21 @@ class DDPMSchedule:
         (B, ...)."""
         return self.posterior_mean_variance(self.x0_from_epsilon(eps, xk, k), xk, k, prev)[0]
 
-    def model_variance(self, xk: Tensor, k, prev=None, variance: str = "beta") -> Tensor:
+    def model_variance(self, xk: Tensor, k, prev=None, variance: str | Tensor = "beta") -> Tensor:
         """sigma_k² of p(x_j | x_k): ``"beta"`` b_jk (= beta_k) or ``"beta_tilde"`` (Ho et al.,
-        2020, §3.2: the two extremes for a N(0, I) and a point-mass x_0). (B,)."""
+        2020, §3.2: the two extremes for a N(0, I) and a point-mass x_0), or a (T+1,) tensor of
+        per-step variances such as ``fitted_step_variances`` (single steps j = k - 1 only). (B,)."""
+        if isinstance(variance, Tensor):
+            if variance.shape != (self.T + 1,):
+                raise ValueError(f"per-step variances must have shape ({self.T + 1},), "
+                                 f"got {tuple(variance.shape)}")
+            k = self.steps_tensor(k, len(xk), lo=1)
+            if prev is not None and (self.steps_tensor(prev, len(xk)) != k - 1).any():
+                raise ValueError("per-step variances are defined for single steps (prev = k - 1) only")
+            return variance[k].to(xk)
         if variance not in VARIANCES:
-            raise ValueError(f"unknown variance {variance!r}; choose from {VARIANCES}")
+            raise ValueError(f"unknown variance {variance!r}; choose from {VARIANCES} "
+                             f"or a ({self.T + 1},) tensor")
         ab_k, ab_j = self._pair(xk, k, prev)
         if variance == "beta":
             return (1 - ab_k / ab_j).to(xk)
@@ -246,13 +257,15 @@ class DDPMSchedule:
         return kl_gaussians(mean, _bcast(var, x0), mean_p, _bcast(var_p, x0)).flatten(1).sum(1)
 
     def decoder_nll(self, eps_model: EpsModel, x0: Tensor, noise: Tensor,
-                    bin_width: float = 2 / 255, low: float = -1.0, high: float = 1.0) -> Tensor:
-        """L_0 = -log p_theta(x_0 | x_1), the discretised Gaussian N(mu_theta(x_1, 1), beta_1)
-        over the data's bins (Ho et al., 2020, eq. 13; ``unit_interval_bins`` gives the bins of
-        ``data.to_unit_interval``). Summed over dimensions, nats: (B,)."""
+                    bin_width: float = 2 / 255, low: float = -1.0, high: float = 1.0,
+                    std: float | None = None) -> Tensor:
+        """L_0 = -log p_theta(x_0 | x_1), the discretised Gaussian N(mu_theta(x_1, 1), std²)
+        over the data's bins (Ho et al., 2020, eq. 13: std = sqrt(beta_1), the default;
+        ``fitted_decoder_std`` fits it); ``unit_interval_bins`` gives the bins of
+        ``data.to_unit_interval``. Summed over dimensions, nats: (B,)."""
         x1 = self.q_sample(x0, 1, noise)
         mean = self.epsilon_to_mean(self._eps(eps_model, x1, 1), x1, 1)
-        std = math.sqrt(float(self.betas[1]))
+        std = math.sqrt(float(self.betas[1])) if std is None else std
         ll = discretized_gaussian_log_likelihood(x0, mean, std, bin_width, low, high)
         return -ll.flatten(1).sum(1)
 
@@ -266,34 +279,99 @@ class DDPMSchedule:
         return nll.flatten(1).sum(1)
 
     def nll_bound(self, eps_model: EpsModel, x0: Tensor, generator: torch.Generator,
-                  variance: str = "beta", bin_width: float | None = 2 / 255,
-                  terms: int | None = None, low: float = -1.0, high: float = 1.0) -> Tensor:
+                  variance: str | Tensor = "beta", bin_width: float | None = 2 / 255,
+                  terms: int | None = None, low: float = -1.0, high: float = 1.0,
+                  decoder_std: float | None = None) -> Tensor:
         """The bound L_T + sum_{k=2}^T L_{k-1} + L_0 in nats, one noise draw per term: (B,).
 
         ``terms=None`` evaluates all T - 1 middle terms (T network calls); ``terms=m`` replaces
-        their sum by the unbiased estimate (T - 1) · mean of m terms at k ~ U{2..T} drawn per
-        sample (m + 1 calls; Ho et al., 2020, eq. 5 written as an expectation over k).
-        With ``bin_width`` the decoder gives probabilities of the data's bins (eq. 13), so the
-        bound is on the discrete 0..255 data: divide by D log 2 for bits/dim, no change of
-        variables. ``bin_width=None`` uses the Gaussian decoder density (continuous data);
-        ``low``/``high`` are the centres of the edge bins (``unit_interval_bins``)."""
+        their sum by a stratified estimate: 2..T is cut into m strata of geometrically growing
+        width (``bound_strata``), and each stratum contributes its width times the term at one
+        k drawn uniformly in it, per sample — unbiased (Ho et al., 2020, eq. 5 as an expectation
+        over k), and the small-k terms, which are the largest and change fastest, get strata of
+        width 1. With ``bin_width`` the decoder gives probabilities of the data's bins (eq. 13),
+        so the bound is on the discrete 0..255 data: divide by D log 2 for bits/dim, no change
+        of variables. ``bin_width=None`` uses the Gaussian decoder density (continuous data);
+        ``low``/``high`` are the centres of the edge bins (``unit_interval_bins``). ``variance``
+        and ``decoder_std`` choose sigma_k² (``model_variance``) and the decoder's std."""
         def noise():
             return torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         if bin_width is None:
             total = self.prior_kl(x0) + self.decoder_nll_continuous(eps_model, x0, noise())
         else:
-            total = self.prior_kl(x0) + self.decoder_nll(eps_model, x0, noise(), bin_width, low, high)
+            total = self.prior_kl(x0) + self.decoder_nll(eps_model, x0, noise(), bin_width, low, high,
+                                                         decoder_std)
         if terms is None:
             for k in range(2, self.T + 1):
                 total = total + self.step_kl(eps_model, x0, k, noise(), variance)
             return total
+        edges = self.bound_strata(terms)
+        for lo, hi in zip(edges[:-1].tolist(), edges[1:].tolist()):
+            k = torch.randint(lo, hi, (len(x0),), generator=generator)
+            total = total + (hi - lo) * self.step_kl(eps_model, x0, k, noise(), variance)
+        return total
+
+    def bound_strata(self, terms: int) -> Tensor:
+        """Edges 2 = e_0 < e_1 < ... < e_m = T + 1 of at most ``terms`` strata [e_i, e_{i+1}) of
+        the middle steps, geometric in k (rounded, duplicates dropped): (m + 1,) int64."""
         if not isinstance(terms, int) or terms < 1:
             raise ValueError(f"terms must be a positive integer or None, got {terms!r}")
-        middle = 0.0
-        for _ in range(terms):
-            k = torch.randint(2, self.T + 1, (len(x0),), generator=generator)
-            middle = middle + self.step_kl(eps_model, x0, k, noise(), variance)
-        return total + (self.T - 1) * middle / terms
+        if self.T < 2:
+            raise ValueError("the bound has middle terms only for T >= 2")
+        geo = torch.logspace(math.log10(2), math.log10(self.T + 1), terms + 1, dtype=torch.float64)
+        edges = torch.unique(geo.round().long())
+        edges[0], edges[-1] = 2, self.T + 1
+        return torch.unique(edges)
+
+    def fitted_step_variances(self, eps_model: EpsModel, x0: Tensor, generator: torch.Generator,
+                              grid: int = 50) -> Tensor:
+        """Per-step variances that minimise the bound for a given epsilon model:
+
+            sigma_k*² = beta_tilde_k + E ||mu_tilde(x_k, x_0) - mu_theta(x_k, k)||² / d,
+
+        the minimiser of E KL(N(mu_tilde, beta_tilde) || N(mu_theta, sigma²)) over an isotropic
+        sigma² (set its derivative to zero). This is the per-step version of the learned
+        variances of Nichol & Dhariwal (2021, §3.1) and, for an exact mean, the optimal
+        variance of Analytic-DPM (Bao et al., 2022, Thm. 1); here it is measured from the
+        model's own error on ``x0`` (training data) at ``grid`` geometric steps of 2..T; in
+        between, log(sigma*² / beta_tilde) is interpolated linearly in k (the ratio is smooth,
+        while sigma² itself spans two decades). Index 1 (decoder) and 0 hold beta_1 and 0.
+        Returns (T+1,) float64."""
+        if not isinstance(grid, int) or grid < 2:
+            raise ValueError(f"grid must be an integer >= 2, got {grid!r}")
+        geo = torch.logspace(math.log10(2), math.log10(self.T), grid, dtype=torch.float64)
+        ks = torch.unique(geo.round().long())
+        log_ratio = []
+        for k in ks.tolist():
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+            xk = self.q_sample(x0, k, noise)
+            mean, var = self.posterior_mean_variance(x0, xk, k)
+            mean_p = self.epsilon_to_mean(self._eps(eps_model, xk, k), xk, k)
+            err = float((mean - mean_p).double().pow(2).mean())
+            log_ratio.append(math.log1p(err / float(var[0])))
+        steps = torch.arange(2, self.T + 1)
+        beta_tilde = (1 - self.alpha_bar[steps - 1]) / (1 - self.alpha_bar[steps]) * self.betas[steps]
+        ratio = torch.from_numpy(np.interp(steps.double().numpy(), ks.double().numpy(), log_ratio)).exp()
+        out = torch.zeros(self.T + 1, dtype=torch.float64)
+        out[1] = self.betas[1]
+        out[2:] = beta_tilde * ratio
+        return out
+
+    def fitted_decoder_std(self, eps_model: EpsModel, x0: Tensor, generator: torch.Generator,
+                           bin_width: float = 2 / 255, low: float = -1.0, high: float = 1.0,
+                           candidates: int = 41) -> float:
+        """The decoder std that minimises the mean L_0 on ``x0`` (training data), searched on a
+        log grid of ``candidates`` values from sqrt(beta_1)/20 to 4 sqrt(beta_1) with one
+        network call (the mean mu_theta(x_1, 1) does not depend on the std). Learned decoder
+        variances are Nichol & Dhariwal's (2021, §3.1); Ho et al. fix std = sqrt(beta_1)."""
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        x1 = self.q_sample(x0, 1, noise)
+        mean = self.epsilon_to_mean(self._eps(eps_model, x1, 1), x1, 1)
+        base = math.sqrt(float(self.betas[1]))
+        stds = torch.logspace(math.log10(base / 20), math.log10(base * 4), candidates).tolist()
+        nll = [-float(discretized_gaussian_log_likelihood(x0, mean, s, bin_width, low, high).mean())
+               for s in stds]
+        return stds[min(range(len(stds)), key=nll.__getitem__)]
 
     def vlb_weight(self, k: Tensor) -> Tensor:
         """lambda_k with L_{k-1} = lambda_k E||eps - eps_theta(x_k, k)||² + const for the fixed

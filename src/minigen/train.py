@@ -98,13 +98,27 @@ def load_checkpoint(path: str | Path) -> dict:
     return state
 
 
+def cosine_lr(step: int, steps: int, lr: float, warmup: int = 100) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 0 at ``steps``:
+    lr · min(1, (n + 1) / warmup) · ½ (1 + cos(π n / steps)) (Loshchilov & Hutter, 2017,
+    without restarts; the warm-up is Goyal et al., 2017)."""
+    if warmup < 0 or steps <= 0:
+        raise ValueError(f"need warmup >= 0 and steps > 0, got {warmup}, {steps}")
+    ramp = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return lr * ramp * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps))
+
+
 def train(model: torch.nn.Module, loss_fn: Callable, sample_batch: Callable, *, steps: int,
           lr: float = 1e-3, seed: int = 0, optimizer: torch.optim.Optimizer | None = None,
           ema_decay: float | None = None, grad_clip: float | None = None,
           per_t_bins: int = 0, progress: bool = True, checkpoint: str | Path | None = None,
           checkpoint_every: int = 0, device: torch.device | str | None = None,
-          check_every: int = 50) -> TrainResult:
+          check_every: int = 50, lr_schedule: str | None = None, warmup: int = 100) -> TrainResult:
     """Train ``model`` for ``steps`` Adam steps (or with ``optimizer``).
+
+    ``lr_schedule="cosine"`` sets the learning rate of step n to ``cosine_lr(n, steps, lr,
+    warmup)`` (a function of the step, so a resumed run follows the same schedule); None keeps
+    ``lr`` constant.
 
     With ``checkpoint`` set, a checkpoint is written every ``checkpoint_every``
     steps and at the end, and an existing one is resumed from.
@@ -114,6 +128,8 @@ def train(model: torch.nn.Module, loss_fn: Callable, sample_batch: Callable, *, 
         raise ValueError(f"need steps >= 0 and 0 < lr < inf, got {steps}, {lr}")
     if grad_clip is not None and not grad_clip > 0:
         raise ValueError(f"grad_clip must be > 0, got {grad_clip}")
+    if lr_schedule not in (None, "cosine"):
+        raise ValueError(f"lr_schedule must be None or 'cosine', got {lr_schedule!r}")
     device = torch.device(device) if device is not None else pick_device()
     model.to(device).train()
     gen = torch.Generator().manual_seed(seed)
@@ -145,6 +161,9 @@ def train(model: torch.nn.Module, loss_fn: Callable, sample_batch: Callable, *, 
         loss, per_sample, t = loss_fn(model, *batch, generator=gen, per_sample=want_per_sample)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if lr_schedule == "cosine":
+            for group in opt.param_groups:
+                group["lr"] = cosine_lr(step, steps, lr, warmup)
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
