@@ -87,12 +87,14 @@ unet_base = 16  # U-Net width (nets.UNet default 32; 16 keeps full mode in budge
 image_batch = 64
 n_gen = 1000  # generated images for FD (at least 1000)
 nll_images = 500  # test images for the bound
-nll_terms = 20  # Monte Carlo terms of the bound per image
+nll_terms = 20  # strata of k for the bound's middle terms, per image
+fit_images, fit_grid = 256, 40  # training images and steps k for the fitted variances
 vlb_finetune_steps = 500  # fine-tuning a copy of the U-Net on the bound
 vae_steps = 1000
-refiner_steps = 1000
+refiner_steps = 800
 ema_decay = 0.999  # EMA of the 2D models' weights
-image_ema = 0.995  # EMA of the U-Nets' weights: 0.995^2500 leaves 4e-6 of the initial weights
+image_lr = 2e-3  # peak learning rate of the U-Nets: warm-up, then cosine decay to 0
+image_ema = 0.999  # EMA of the U-Nets' weights (train.EMA warms its decay up)
 gpu = False
 
 # %%
@@ -115,9 +117,10 @@ from minigen.viz import scatter, show_source
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
 if quick:
-    toy_steps, toy_seeds, n_eval, toy_nll_terms = 1200, 1, 500, 20
-    image_steps, n_gen, nll_images, nll_terms, ddim_steps = 10, 200, 100, 4, 10
-    vae_steps, refiner_steps, ema_decay, vlb_finetune_steps, image_ema = 20, 10, 0.99, 5, 0.9
+    toy_steps, toy_seeds, n_eval, toy_nll_terms = 600, 1, 300, 8
+    image_steps, n_gen, nll_images, nll_terms, ddim_steps = 5, 100, 32, 4, 10
+    vae_steps, refiner_steps, ema_decay, vlb_finetune_steps, image_ema = 10, 5, 0.99, 3, 0.9
+    fit_images, fit_grid = 32, 6
 device = pick_device() if gpu else torch.device("cpu")
 S = DDPMSchedule()  # T = 1000, beta 1e-4 -> 0.02 (Ho et al., 2020)
 print(S, "| mode:", mode, "| device:", device)
@@ -237,7 +240,7 @@ for kind in ("simple", "vlb"):
     gk = torch.Generator().manual_seed(7)
     with torch.no_grad():
         terms = [float(S.step_kl(m, x_test[:500], int(j),
-                                 torch.randn(500, 2, generator=gk)).mean()) for j in kk]
+                                 torch.randn(x_test[:500].shape, generator=gk)).mean()) for j in kk]
     ax.loglog(kk, terms, label=kind)
 ax.set_xlabel("DDPM step k")
 ax.set_ylabel(r"$L_{k-1}$ (nats)")
@@ -256,7 +259,8 @@ with torch.no_grad():
 # %% [markdown]
 # **Fixed variances.** Ho et al. fix $\sigma_k^2$ to $\beta_k$ or $\tilde\beta_k$, the optimal
 # choices for $x_0\sim\mathcal N(0,I)$ and for a point mass (§3.2); Nichol & Dhariwal (2021)
-# learn an interpolation between them, not done here. With the $L_\text{simple}$ model:
+# learn an interpolation between them, and the likelihood section below fits the best
+# variance per step in closed form. With the $L_\text{simple}$ model:
 
 # %%
 m = toy_models["simple", 0]
@@ -341,8 +345,9 @@ def image_batch_sampler(gen):
 
 
 torch.manual_seed(seed)  # initial weights
-res_img = train(UNet(base=unet_base), eps_loss("simple"), image_batch_sampler, steps=image_steps, lr=1e-3,
-                ema_decay=image_ema, grad_clip=1.0, seed=seed, device=device, progress=False)
+res_img = train(UNet(base=unet_base), eps_loss("simple"), image_batch_sampler, steps=image_steps, lr=image_lr,
+                lr_schedule="cosine", warmup=min(100, image_steps // 5), ema_decay=image_ema, grad_clip=1.0,
+                seed=seed, device=device, progress=False)
 unet = res_img.ema.cpu().eval()
 print(f"U-Net: {sum(p.numel() for p in unet.parameters()):,} parameters, "
       f"{res_img.ms_per_step:.0f} ms/step, {res_img.wall_s:.0f} s")
@@ -408,40 +413,83 @@ fig.tight_layout()
 # so the bound is a codelength for the *discrete* images: bits/dim on the 0..255 scale with
 # no change of variables, directly comparable with a dequantised density's bits/dim
 # (`data.bits_per_dim`), which bounds the discrete NLL from above. The 998 middle terms are
-# estimated per image from `nll_terms` random $k$ (unbiased; the spread over images gives
-# the error bar). We evaluate the $L_\text{simple}$ U-Net and its copy fine-tuned on the
-# bound, each with both fixed variances. The baseline is an independent categorical per
-# pixel fitted to the same training split.
+# estimated per image from `nll_terms` strata of $k$, geometric in width (one $k$ drawn in
+# each; unbiased): the terms are largest and change fastest near the data, where the strata
+# are one step wide. The spread over images gives the error bar. The baseline is an
+# independent categorical per pixel fitted to the same training split.
 #
-# Two things keep these numbers far from the published ones. The data: 14x14 averages of
-# 2x2 blocks are a harder code per pixel than 28x28 MNIST (74% exact zeros instead of 81%;
-# the per-pixel baseline costs 2.49 bits/dim here and 1.76 at 28x28, measured on the same
-# splits), so bits/dim here are not comparable with 28x28 figures. And the
-# decoder: with $\sigma_1=\sqrt{\beta_1}=0.01$ on $[-1,1]$, wider than a bin ($2/256$), even
-# a perfect mean puts only about 30% of the mass in the right interior bin, so $L_0$ alone
-# costs over a bit per interior pixel. Flows trained by maximum likelihood (RealNVP,
-# Glow, FFJORD) have no such floor.
+# **Which variances.** Any $\sigma_k^2$ gives a valid bound, and Ho et al.'s two fixed
+# choices are the extremes for a Gaussian and for a point-mass $x_0$. The best *per-step*
+# choice for a given network has a closed form: setting the derivative of
+# $\mathbb E\,D_\text{KL}(\mathcal N(\tilde\mu,\tilde\beta_k)\,\|\,\mathcal N(\mu_\theta,\sigma^2))$ to zero,
+#
+# $$\sigma_k^{*2}=\tilde\beta_k+\tfrac1d\,\mathbb E\,\|\tilde\mu_k(x_k,x_0)-\mu_\theta(x_k,k)\|^2 ,$$
+#
+# the posterior variance plus the network's own mean error — the per-step form of the
+# learned variances of Nichol & Dhariwal (2021) and, for an exact mean, of Analytic-DPM's
+# optimal variance (Bao et al., 2022). We measure it on *training* images at 50 steps
+# (`DDPMSchedule.fitted_step_variances`), and fit the decoder's standard deviation the same
+# way (`fitted_decoder_std`; Ho et al. fix it at $\sqrt{\beta_1}=0.01$, wider than a grey
+# level's bin, $2/256$), then evaluate on the *test* images. Both the $L_\text{simple}$
+# U-Net and its copy fine-tuned on the bound are evaluated with all three variance choices.
+
+# %%
+show_source(DDPMSchedule.fitted_step_variances)
 
 # %%
 (lv_tr, _), (lv_te, _) = data.load_mnist_5k()
 if image_size != 28:
     lv_tr, lv_te = data.downsample_mnist(lv_tr, image_size), data.downsample_mnist(lv_te, image_size)
 dims = image_size * image_size
+bins = unit_interval_bins(256)
 x_nll = data.to_unit_interval(lv_te[:nll_images], 256)
-bpd_models = {}
-for name, model, var in (("L_simple", unet, "beta"), ("L_simple", unet, "beta_tilde"),
-                         ("bound-tuned", unet_vlb, "beta"), ("bound-tuned", unet_vlb, "beta_tilde")):
+x_fit = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed + 5))[:fit_images]]
+bpd_models, fitted = {}, {}
+for name, model in (("L_simple", unet), ("bound-tuned", unet_vlb)):
     with torch.no_grad():
-        bound = S.nll_bound(model, x_nll, torch.Generator().manual_seed(seed + 3), terms=nll_terms,
-                            variance=var, **unit_interval_bins(256))
-    b = bound / (dims * math.log(2))
-    bpd_models[name, var] = (float(b.mean()), float(b.std()) / math.sqrt(len(b)))
-    print(f"DDPM bound, {name:11s} sigma² = {var:10s}: {b.mean():.3f} ± {bpd_models[name, var][1]:.3f} "
-          f"bits/dim on {len(x_nll)} test images")
+        fitted[name] = (S.fitted_step_variances(model, x_fit, torch.Generator().manual_seed(seed + 6), fit_grid),
+                        S.fitted_decoder_std(model, x_fit, torch.Generator().manual_seed(seed + 7), **bins))
+    for var in ("beta", "beta_tilde", "fitted"):
+        variance, dec_std = fitted[name] if var == "fitted" else (var, None)
+        with torch.no_grad():
+            bound = S.nll_bound(model, x_nll, torch.Generator().manual_seed(seed + 3), terms=nll_terms,
+                                variance=variance, decoder_std=dec_std, **bins)
+        b = bound / (dims * math.log(2))
+        bpd_models[name, var] = (float(b.mean()), float(b.std()) / math.sqrt(len(b)))
+        print(f"DDPM bound, {name:11s} sigma² = {var:10s}: {b.mean():.3f} ± {bpd_models[name, var][1]:.3f} "
+              f"bits/dim on {len(x_nll)} test images")
+    print(f"  fitted decoder std {fitted[name][1]:.4f} (Ho et al.: {math.sqrt(float(S.betas[1])):.4f})")
 (bpd, bpd_se) = min(bpd_models.values())
 bpd_pixel = data.independent_pixel_bits_per_dim(lv_tr, lv_te, 256)
 print(f"independent per-pixel categorical: {bpd_pixel:.3f} bits/dim")
 print("published 28x28 MNIST: RealNVP 1.06, Glow 1.05, FFJORD 0.99 bits/dim")
+
+# %%
+# Where the best bound's bits go: the decoder L_0, the first steps k = 2..12 (noise std up to
+# 0.035, a few grey levels) and the remaining 988 steps plus L_T.
+best_name, best_var = min(bpd_models, key=lambda key: bpd_models[key][0])
+best_model = {"L_simple": unet, "bound-tuned": unet_vlb}[best_name]
+variance, dec_std = fitted[best_name] if best_var == "fitted" else (best_var, None)
+g_dec = torch.Generator().manual_seed(seed + 8)
+with torch.no_grad():
+    bpd_l0 = float(S.decoder_nll(best_model, x_nll, torch.randn(x_nll.shape, generator=g_dec), std=dec_std,
+                                 **bins).mean()) / (dims * math.log(2))
+    bpd_first = sum(float(S.step_kl(best_model, x_nll, k, torch.randn(x_nll.shape, generator=g_dec),
+                                    variance).mean()) for k in range(2, 13)) / (dims * math.log(2))
+print(f"best bound ({best_name}, {best_var}) {bpd:.3f} bits/dim = L_0 {bpd_l0:.3f} "
+      f"+ steps 2..12 {bpd_first:.3f} + the rest {bpd - bpd_l0 - bpd_first:.3f}")
+
+# %%
+fig, ax = plt.subplots(figsize=(5, 3))
+kk = torch.arange(2, S.T + 1)
+for name, (var_fit, _) in fitted.items():
+    ax.loglog(kk, var_fit[2:], label=f"fitted, {name}")
+ax.loglog(kk, S.betas[2:], "k--", lw=1, label=r"$\beta_k$")
+ax.loglog(kk, (1 - S.alpha_bar[1:-1]) / (1 - S.alpha_bar[2:]) * S.betas[2:], "k:", lw=1, label=r"$\tilde\beta_k$")
+ax.set_xlabel("DDPM step k (k = 0 is the data)")
+ax.set_ylabel(r"$\sigma_k^2$")
+ax.legend(fontsize=8)
+fig.tight_layout()
 
 # %% [markdown]
 # ## DiffuseVAE: a diffusion model refines a VAE
@@ -477,8 +525,9 @@ def refiner_loss(model, x, y, generator, per_sample):
 
 
 torch.manual_seed(seed)
-res_ref = train(UNet(base=unet_base, cond_channels=1), refiner_loss, refiner_batch, steps=refiner_steps, lr=1e-3,
-                ema_decay=image_ema, grad_clip=1.0, seed=seed, device=device, progress=False)
+res_ref = train(UNet(base=unet_base, cond_channels=1), refiner_loss, refiner_batch, steps=refiner_steps,
+                lr=image_lr, lr_schedule="cosine", warmup=min(100, refiner_steps // 5), ema_decay=image_ema,
+                grad_clip=1.0, seed=seed, device=device, progress=False)
 refiner = res_ref.ema.cpu().eval()
 print(f"refiner U-Net: {res_ref.wall_s:.0f} s for {refiner_steps} steps")
 
@@ -548,7 +597,11 @@ metrics["fd_ratio_refiner_over_vae"] = metric(
 for (name, var), (b, se) in bpd_models.items():
     metrics[f"bpd_{sampler_key(name)}_{var}"] = metric(b, "bits/dim", "lower")
     metrics[f"bpd_{sampler_key(name)}_{var}_se"] = metric(se, "bits/dim", "lower")
+for name, (_, dec_std) in fitted.items():
+    metrics[f"decoder_std_fitted_{sampler_key(name)}"] = metric(dec_std, "", "lower")
 metrics["bpd_ddpm_bound"] = metric(bpd, "bits/dim", "lower")
+metrics["bpd_best_bound_decoder_L0"] = metric(bpd_l0, "bits/dim", "lower")
+metrics["bpd_best_bound_steps_2_12"] = metric(bpd_first, "bits/dim", "lower")
 metrics["bpd_ddpm_bound_se"] = metric(bpd_se, "bits/dim", "lower")
 metrics["bpd_independent_pixels"] = metric(bpd_pixel, "bits/dim", "lower")
 metrics["bpd_ratio_bound_over_pixels"] = metric(bpd / bpd_pixel, "x", "lower")

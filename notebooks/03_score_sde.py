@@ -68,6 +68,7 @@ toy = "checkerboard"  # 2D data: its density is known (1/32 on the support, entr
 steps_2d = 2000  # training steps per 2D model
 batch_2d = 256
 width_2d = 128
+fwd_steps = 1000  # Euler–Maruyama steps of the forward (noising) SDE check
 n_eval = 2000  # samples for exact W2 (EMD)
 ll_points = 1000  # test points for the exact 2D log-likelihood
 ll_steps_2d = 50  # rk4 steps of the probability-flow ODE for 2D likelihoods
@@ -123,8 +124,9 @@ t_start = time.perf_counter()
 mode = "quick" if quick else "full"
 if quick:
     seeds, steps_2d, batch_2d, n_eval, ll_points, ll_steps_2d, nfe_2d = 1, 400, 128, 400, 200, 10, 100
-    digits_steps, image_steps, unet_base, n_images, nfe_images = 40, 40, 16, 100, 8
-    ll_images, ll_digits, ll_steps_images, ema_decay = 50, 50, 4, 0.98
+    width_2d, fwd_steps = 64, 400
+    digits_steps, image_steps, unet_base, n_images, nfe_images = 10, 10, 16, 64, 8
+    ll_images, ll_digits, ll_steps_images, ema_decay = 24, 24, 4, 0.98
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(VEPath(0.01, ve_sigma_max_2d))}
 # (sde, weighting, importance sampling) per 2D configuration; VE trains one seed for the samplers
 CONFIGS_2D = {"vp": ("vp", "variance", False), "subvp": ("subvp", "variance", False),
@@ -191,7 +193,7 @@ g_fwd = torch.Generator().manual_seed(seed + 10)
 x1_fwd = data.sample_2d(toy, 4000, g_fwd).double()
 fwd_std = {}
 for name, sde in SDES.items():
-    times = torch.linspace(sde.t_max, sde.t_min, 1001, dtype=torch.float64)
+    times = torch.linspace(sde.t_max, sde.t_min, fwd_steps + 1, dtype=torch.float64)
     x = x1_fwd.clone()
     zs = {}
     for t, t_next in zip(times[:-1], times[1:]):

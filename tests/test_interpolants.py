@@ -143,6 +143,23 @@ def test_losses_are_minimised_by_the_exact_fields():
             assert best < worse
 
 
+@pytest.mark.parametrize("base", BASES)
+def test_denoiser_from_velocity_matches_the_exact_denoiser(base):
+    """Gaussian source: eta is determined by b (one-sided interpolant, one regression)."""
+    src = si.GaussianMixture([1.0], [[0.0, 0.0]], torch.eye(2)[None])
+    dst = si.GaussianMixture([0.3, 0.7], [[2.0, 1.0], [-1.0, -2.0]],
+                             torch.stack([0.3 * torch.eye(2), torch.tensor([[0.5, 0.2], [0.2, 0.3]])]))
+    it = si.Interpolant(BASES[base](), si.BrownianGamma(1.0), source_is_gaussian=True)
+    b, eta = si.exact_fields(it, src, dst)
+    eta_b = si.denoiser_from_velocity(b, it)
+    x = 2 * batch()[0]
+    for t in (0.01, 0.3, 0.5, 0.9, 0.999):
+        tt = torch.full((64,), t, dtype=F64)
+        assert torch.allclose(eta_b(x, tt), eta(x, tt), atol=1e-10), t
+    with pytest.raises(ValueError, match="Gaussian source"):
+        si.denoiser_from_velocity(b, interp(base, "brownian", 1.0))
+
+
 def test_eps_schedule_follows_gamma():
     it = interp("linear", "brownian", 0.6)  # max gamma = 0.3 at t = 1/2
     e = si.eps_following_gamma(0.5, it)

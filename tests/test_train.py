@@ -244,7 +244,8 @@ def test_per_t_diagnostic_is_the_binned_mean_of_the_per_sample_losses():
 def test_cosine_lr_warms_up_then_decays_to_zero():
     from minigen.train import cosine_lr
     assert cosine_lr(0, 1000, 1e-3, warmup=100) == pytest.approx(1e-5 * 0.5 * (1 + math.cos(0)))
-    assert cosine_lr(99, 1000, 1e-3, warmup=100) == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi * 0.099)))
+    want = 1e-3 * 0.5 * (1 + math.cos(math.pi * 0.099))
+    assert cosine_lr(99, 1000, 1e-3, warmup=100) == pytest.approx(want)
     assert cosine_lr(500, 1000, 1e-3, warmup=100) == pytest.approx(0.5e-3)
     assert cosine_lr(999, 1000, 1e-3, warmup=0) < 1e-8
     with pytest.raises(ValueError, match="warmup"):

@@ -186,6 +186,38 @@ def score_from_denoiser(eta: Tensor, xt: Tensor, t: Tensor, interp: Interpolant)
     return -eta / g
 
 
+def denoiser_from_velocity(b: Field, interp: Interpolant) -> Field:
+    """eta(x, t) = E[z | x_t = x] from the velocity alone, for a Gaussian source: (B, d).
+
+    With x0 ~ N(0, I), sigma x0 + gamma z = s n with s² = sigma² + gamma² and n ~ N(0, I);
+    E[x0 | x] = (sigma / s) E[n | x], E[z | x] = (gamma / s) E[n | x] and
+    x = alpha E[x1 | x] + s E[n | x]. Inserting these into b = E[alpha' x1 + sigma' x0
+    + gamma' z | x] and solving for E[n | x] gives
+
+        eta = gamma (alpha b - alpha' x) / (alpha (sigma sigma' + gamma gamma') - alpha' s²),
+
+    so a one-sided interpolant needs one regression, not two (cf. Albergo et al., 2023,
+    Sec. 3 on one-sided interpolants, where b and the score are linear in each other).
+    The denominator is -(1 - t/2) (linear) and <= -1/2 (trig) for the Brownian gamma.
+    """
+    if not interp.source_is_gaussian:
+        raise ValueError("denoiser_from_velocity needs a Gaussian source (x0 ~ N(0, I)); "
+                         "for another source learn eta with DenoiserObjective")
+    if not interp.has_bridge_noise:
+        raise ValueError("the denoiser needs gamma > 0: this interpolant has gamma = 0")
+
+    def eta(x: Tensor, t: Tensor) -> Tensor:
+        tt = expand_t(t, x)
+        a, s, g = interp.alpha(tt), interp.sigma(tt), interp.gamma(tt)
+        da, ds, dg = interp.d_alpha(tt), interp.d_sigma(tt), interp.d_gamma(tt)
+        den = a * (s * ds + g * dg) - da * (s**2 + g**2)
+        if (den.abs() < 1e-8).any():
+            raise ValueError("alpha (sigma sigma' + gamma gamma') = alpha' (sigma² + gamma²) "
+                             "at some t: eta is not determined by b there")
+        return g * (a * b(x, t) - da * x) / den
+    return eta
+
+
 def eps_following_gamma(eps: float, interp: Interpolant, grid: int = 1001) -> Callable:
     """eps(t) = eps · gamma(t) / max_t gamma: noise that vanishes with gamma at the ends."""
     if not eps >= 0:

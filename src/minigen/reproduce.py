@@ -76,6 +76,7 @@ TARGETS: dict[str, dict[str, tuple[str, float]]] = {
     "05_unifying_frameworks": {  # every eps of the SDE family within the ODE's seed range (issue 4)
         "n_eps_within_ode_range_8gaussians-moons": (">=", 5),
         "n_eps_within_ode_range_normal-checkerboard": (">=", 5),
+        "max_gap_w2sq_sde_vs_ode_8gaussians-moons": ("<=", 0.045),
         "exact_fields_mean_err_se_eps2": ("<", 5.0),
         "exact_fields_cov_err_se_eps2": ("<", 5.0),
         "gm_mean_err_se_mix_superposition_w0p5": ("<", 5.0),
@@ -127,7 +128,9 @@ HEADLINE: dict[str, list[str]] = {
     "05_unifying_frameworks": [
         *(f"w2sq_eps{e}_mean_{m}" for m in ("8gaussians-moons", "normal-checkerboard")
           for e in ("0", "0p5", "2")),
-        "w2sq_eps2_1000steps_mean_8gaussians-moons", "w2sq_floor_8gaussians-moons",
+        "w2sq_eps2_1000steps_mean_8gaussians-moons", "w2sq_eps2_1000steps_mean_normal-checkerboard",
+        "w2sq_eps2_eta5000_mean_8gaussians-moons", "w2sq_eps2_eta5000_mean_normal-checkerboard",
+        "w2sq_floor_8gaussians-moons",
         "n_eps_within_ode_range_8gaussians-moons", "n_eps_within_ode_range_normal-checkerboard",
         "robust_increase_w2sq_eps0", "robust_increase_w2sq_eps0p5", "robust_increase_w2sq_eps2",
         "gm_w1_mix_flow", "gm_w1_mix_jump", "gm_w1_mix_jump_posterior",
@@ -137,7 +140,9 @@ HEADLINE: dict[str, list[str]] = {
         *(f"w2sq_increase_2d_{d}_alpha0.4" for d in ("D2", "D4", "D16", "Dinf")),
         "w2sq_2d_D4_nfe10", "w2sq_2d_Dinf_nfe10", "fd_floor_digits",
         *(f"fd_digits_{d}_alpha{a}" for a in ("0", "0.5") for d in ("D4", "D16", "Dinf")),
-        "ratio_w2sq_increase_D4_over_Dinf_alpha0.4", "ratio_fd_D4_over_Dinf_alpha0.5"],
+        "ratio_w2sq_increase_D4_over_Dinf_alpha0.4", "ratio_fd_D4_over_Dinf_alpha0.5",
+        *(f"fd_increase_digits_{d}_alpha0.5_seed{k}" for d in ("D4", "Dinf") for k in (0, 1)),
+        "fd_digits_D4_alpha0_seed_range"],
 }
 
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
