@@ -108,7 +108,8 @@ HEADLINE: dict[str, list[str]] = {
         "w2sq_ancestral_T1000_moons", "w2sq_DDIM_eta0_50_moons", "w2sq_ODE_Heun_50_NFE_moons",
         "fd_ratio_best", "precision_best", "recall_best", "confidence_best",
         "class_share_min_best", "class_share_max_best", "fd_ratio_VAE_alone",
-        "fd_ratio_VAE_refiner", "bpd_ddpm_bound", "bpd_independent_pixels"],
+        "fd_ratio_VAE_refiner", "bpd_L_simple_beta", "bpd_L_simple_fitted", "bpd_ddpm_bound",
+        "bpd_best_bound_decoder_L0", "bpd_best_bound_steps_2_12", "bpd_independent_pixels"],
     "03_score_sde": [
         "w2sq_em_vp", "w2sq_pc_vp", "w2sq_ode_vp", "w2sq_em_vs_ode_vp", "w2sq_pc_ve", "w2sq_ode_ve",
         "w2sq_floor_2d", "nll_2d_vp", "nll_2d_subvp", "nll_2d_diff_subvp_minus_vp",
