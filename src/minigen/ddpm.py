@@ -256,6 +256,12 @@ class DDPMSchedule:
         var_p = self.model_variance(xk, k, variance=variance)
         return kl_gaussians(mean, _bcast(var, x0), mean_p, _bcast(var_p, x0)).flatten(1).sum(1)
 
+    def decoder_mean(self, eps_model: EpsModel, x0: Tensor, noise: Tensor) -> Tensor:
+        """mu_theta(x_1, 1) at x_1 = q_sample(x_0, 1, noise): the mean of the decoder
+        p_theta(x_0 | x_1) (Ho et al., 2020, eq. 11 at k = 1). (B, ...)."""
+        x1 = self.q_sample(x0, 1, noise)
+        return self.epsilon_to_mean(self._eps(eps_model, x1, 1), x1, 1)
+
     def decoder_nll(self, eps_model: EpsModel, x0: Tensor, noise: Tensor,
                     bin_width: float = 2 / 255, low: float = -1.0, high: float = 1.0,
                     std: float | None = None) -> Tensor:
@@ -263,8 +269,7 @@ class DDPMSchedule:
         over the data's bins (Ho et al., 2020, eq. 13: std = sqrt(beta_1), the default;
         ``fitted_decoder_std`` fits it); ``unit_interval_bins`` gives the bins of
         ``data.to_unit_interval``. Summed over dimensions, nats: (B,)."""
-        x1 = self.q_sample(x0, 1, noise)
-        mean = self.epsilon_to_mean(self._eps(eps_model, x1, 1), x1, 1)
+        mean = self.decoder_mean(eps_model, x0, noise)
         std = math.sqrt(float(self.betas[1])) if std is None else std
         ll = discretized_gaussian_log_likelihood(x0, mean, std, bin_width, low, high)
         return -ll.flatten(1).sum(1)
@@ -272,8 +277,7 @@ class DDPMSchedule:
     def decoder_nll_continuous(self, eps_model: EpsModel, x0: Tensor, noise: Tensor) -> Tensor:
         """L_0 for continuous data: -log N(x_0; mu_theta(x_1, 1), beta_1 I), summed over
         dimensions, in nats: (B,). Use it for 2D toys, where there are no bins."""
-        x1 = self.q_sample(x0, 1, noise)
-        mean = self.epsilon_to_mean(self._eps(eps_model, x1, 1), x1, 1)
+        mean = self.decoder_mean(eps_model, x0, noise)
         var = float(self.betas[1])
         nll = 0.5 * ((x0 - mean) ** 2 / var + math.log(2 * math.pi * var))
         return nll.flatten(1).sum(1)
@@ -365,8 +369,7 @@ class DDPMSchedule:
         network call (the mean mu_theta(x_1, 1) does not depend on the std). Learned decoder
         variances are Nichol & Dhariwal's (2021, §3.1); Ho et al. fix std = sqrt(beta_1)."""
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        x1 = self.q_sample(x0, 1, noise)
-        mean = self.epsilon_to_mean(self._eps(eps_model, x1, 1), x1, 1)
+        mean = self.decoder_mean(eps_model, x0, noise)
         base = math.sqrt(float(self.betas[1]))
         stds = torch.logspace(math.log10(base / 20), math.log10(base * 4), candidates).tolist()
         nll = [-float(discretized_gaussian_log_likelihood(x0, mean, s, bin_width, low, high).mean())
