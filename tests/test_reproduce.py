@@ -1,4 +1,4 @@
-"""minigen.reproduce without executing notebooks: selection, tables, README markers, targets."""
+"""minigen.reproduce: selection, tables, README markers, targets; the runner on tiny notebooks."""
 
 from __future__ import annotations
 
@@ -97,3 +97,39 @@ def test_headline_table_shows_targets(results, monkeypatch):
     assert "| 01_flow | `w2` | 0.1 |  | lower | <= 0.15 |" in lines
     assert not any("`nfe`" in line for line in lines)  # not a headline
     assert "| 02_x | `a` | 1 |  | lower |  |" in lines  # no targets: every metric
+
+
+STALL_ONCE = '''# %%
+import pathlib
+import time
+
+marker = pathlib.Path({marker!r})
+if {always} or not marker.exists():
+    marker.write_text("stalled once")
+    time.sleep(120)
+print("finished")
+'''
+
+
+@pytest.mark.parametrize("always", [False, True])
+def test_a_stalled_cell_is_run_again_once(tmp_path, always):
+    """A cell past the timeout (a lost kernel reply looks the same) gets one more run; a
+    notebook that stalls twice fails with the timeout named, rather than hanging CI."""
+    src = tmp_path / "99_stall.py"
+    src.write_text(STALL_ONCE.format(marker=str(tmp_path / "marker"), always=always))
+    kernel = reproduce.ensure_kernel()
+    res = reproduce.execute_one(str(src), str(tmp_path / "out"), "quick", kernel, cell_timeout=4)
+    assert res.attempts == 2
+    if always:
+        assert res.error is not None and "Timeout" in res.error
+        assert res.wall_s < 60
+    else:
+        assert res.error is None, res.error
+        assert "finished" in (tmp_path / "out" / "99_stall.ipynb").read_text()
+
+
+def test_a_failing_cell_is_not_run_again(tmp_path):
+    src = tmp_path / "98_fail.py"
+    src.write_text("# %%\nraise ValueError('boom')\n")
+    res = reproduce.execute_one(str(src), str(tmp_path / "out"), "quick", reproduce.ensure_kernel())
+    assert res.attempts == 1 and "ValueError" in res.error and "boom" in res.error

@@ -156,6 +156,14 @@ class RunResult:
     stem: str
     wall_s: float
     error: str | None = None
+    attempts: int = 1
+
+
+# A cell that runs longer than this is treated as a stall: once, a CI kernel finished its cell
+# but papermill never received the reply and waited forever. Quick cells take seconds; full
+# cells (a U-Net's training) up to ~15 minutes on one CPU core.
+CELL_TIMEOUT_S = {"quick": 600, "full": 3 * 3600, "gpu": 3 * 3600}
+RETRIES_AFTER_STALL = 1
 
 
 # --------------------------------------------------------------------------- selection
@@ -240,8 +248,13 @@ def parameters_for(nb_path: Path, mode: str) -> dict:
     return params
 
 
-def execute_one(source: str, out_dir: str, mode: str, kernel: str) -> RunResult:
-    """Convert and execute one chapter; never raises (errors come back in the result)."""
+def execute_one(source: str, out_dir: str, mode: str, kernel: str,
+                cell_timeout: float | None = None) -> RunResult:
+    """Convert and execute one chapter; never raises (errors come back in the result).
+
+    A cell that exceeds ``cell_timeout`` seconds (default ``CELL_TIMEOUT_S[mode]``) or a kernel
+    that dies is a stall: the notebook is run again from the start, once. A failing cell is not
+    retried."""
     import nbformat
     import papermill
 
@@ -249,19 +262,36 @@ def execute_one(source: str, out_dir: str, mode: str, kernel: str) -> RunResult:
     out.mkdir(parents=True, exist_ok=True)
     staged = out / f".{src.stem}.input.ipynb"
     target = out / f"{src.stem}.ipynb"
+    timeout = cell_timeout or CELL_TIMEOUT_S[mode]
     t0 = time.perf_counter()
     try:
         nbformat.write(to_notebook(src, kernel), staged)
-        papermill.execute_notebook(
-            str(staged), str(target), parameters=parameters_for(staged, mode),
-            kernel_name=kernel, cwd=str(src.parent), progress_bar=False,
-            log_output=False, request_save_on_cell_execute=False)
-        return RunResult(src.stem, time.perf_counter() - t0)
-    except Exception as exc:  # noqa: BLE001 - reported, and the run goes on
-        error = f"{describe_error(exc)}\n(outputs so far: {target})"
-        return RunResult(src.stem, time.perf_counter() - t0, error=error)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                papermill.execute_notebook(
+                    str(staged), str(target), parameters=parameters_for(staged, mode),
+                    kernel_name=kernel, cwd=str(src.parent), progress_bar=False,
+                    log_output=False, request_save_on_cell_execute=False,
+                    execution_timeout=timeout)
+                return RunResult(src.stem, time.perf_counter() - t0, attempts=attempt)
+            except Exception as exc:  # noqa: BLE001 - reported, and the run goes on
+                if is_stall(exc) and attempt <= RETRIES_AFTER_STALL:
+                    print(f"  {src.stem}: {describe_error(exc)}; running it again", flush=True)
+                    continue
+                error = f"{describe_error(exc)}\n(outputs so far: {target})"
+                return RunResult(src.stem, time.perf_counter() - t0, error=error, attempts=attempt)
+    except Exception as exc:  # noqa: BLE001 - conversion failed
+        return RunResult(src.stem, time.perf_counter() - t0, error=describe_error(exc))
     finally:
         staged.unlink(missing_ok=True)
+
+
+def is_stall(exc: Exception) -> bool:
+    """A timed-out cell or a dead kernel (worth one more run), not an error raised by a cell."""
+    return isinstance(exc, TimeoutError) or type(exc).__name__ in {"DeadKernelError",
+                                                                   "CellTimeoutError"}
 
 
 def describe_error(exc: Exception) -> str:
@@ -287,6 +317,8 @@ def run_all(chapters: list[Path], out_dir: Path, mode: str, jobs: int) -> list[R
         for fut in futures:
             res = fut.result()
             status = "ok" if res.error is None else "FAILED"
+            if res.attempts > 1:
+                status += f" (run {res.attempts} times: a cell stalled)"
             print(f"  {res.stem:<32} {res.wall_s:7.1f} s  {status}", flush=True)
             if res.error:
                 print(indent(res.error), flush=True)
