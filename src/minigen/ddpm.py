@@ -70,6 +70,7 @@ class DDPMSchedule:
         self.betas = torch.cat([torch.zeros(1, dtype=torch.float64), b])
         self.alphas = 1 - self.betas
         self.alpha_bar = torch.cumprod(self.alphas, 0)
+        self._coefficient_cache: dict[tuple, tuple[float, float, float]] = {}
 
     def __repr__(self) -> str:
         return f"DDPMSchedule(T={self.T}, beta_start={self.beta_start}, beta_end={self.beta_end})"
@@ -190,12 +191,32 @@ class DDPMSchedule:
         when j = 0 (Ho et al., 2020, Alg. 2; j = prev, default k - 1). (B, ...)."""
         prev = k - 1 if prev is None else prev
         eps = self._eps(eps_model, xk, k)
-        mean = self.epsilon_to_mean(eps, xk, k, prev)
+        a, b, var = self._step_coefficients(k, prev, variance)
+        mean = a * xk + b * eps
         if prev == 0:
             return mean
-        var = self.model_variance(xk, k, prev, variance)
         z = torch.randn(xk.shape, generator=generator, dtype=xk.dtype).to(xk.device)
-        return mean + _bcast(var.sqrt(), xk) * z
+        return mean + math.sqrt(var) * z
+
+    def _step_coefficients(self, k: int, prev: int, variance: str) -> tuple[float, float, float]:
+        """(a, b, sigma²) with mu_theta(x_k, k) = a x_k + b eps_theta for the step k -> prev
+        (cached by ``_fill_coefficients``)."""
+        if (k, prev, variance) not in self._coefficient_cache:
+            self._fill_coefficients([(k, prev)], variance)
+        return self._coefficient_cache[k, prev, variance]
+
+    def _fill_coefficients(self, pairs: Sequence[tuple[int, int]], variance: str) -> None:
+        """The model mean is linear in (x_k, eps), so a and b are read off ``epsilon_to_mean``
+        at unit inputs, for all (k, prev) pairs in one call: a sampler's per-step cost is then
+        the network's."""
+        k = torch.tensor([p[0] for p in pairs])
+        j = torch.tensor([p[1] for p in pairs])
+        one, zero = torch.ones(len(k), dtype=torch.float64), torch.zeros(len(k), dtype=torch.float64)
+        a = self.epsilon_to_mean(zero, one, k, j).tolist()
+        b = self.epsilon_to_mean(one, zero, k, j).tolist()
+        var = self.model_variance(one, k, j, variance).tolist()
+        for pair, coefficients in zip(pairs, zip(a, b, var)):
+            self._coefficient_cache[(*pair, variance)] = coefficients
 
     def ancestral_sample(self, eps_model: EpsModel, shape, generator: torch.Generator,
                          steps: int | Sequence[int] | None = None, variance: str = "beta",
@@ -204,7 +225,9 @@ class DDPMSchedule:
         Alg. 2); a strided ``steps`` re-spaces the chain (Nichol & Dhariwal, 2021, §4).
         NFE = number of steps. Returns (shape)."""
         x = _initial(shape, generator, dtype, x_init)
-        for k, j in self.timesteps(steps):
+        pairs = self.timesteps(steps)
+        self._fill_coefficients(pairs, variance)
+        for k, j in pairs:
             x = self.p_sample_step(eps_model, x, k, generator, variance, prev=j)
         return x
 
