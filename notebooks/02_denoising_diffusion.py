@@ -447,20 +447,32 @@ bins = unit_interval_bins(256)
 x_nll = data.to_unit_interval(lv_te[:nll_images], 256)
 x_fit = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed + 5))[:fit_images]]
 bpd_models, fitted = {}, {}
+
+
+def bound_settings(name, var):
+    """(variances, decoder std, level decoder) of one row of the table (None: the default)."""
+    if var in ("beta", "beta_tilde"):
+        return var, None, None
+    variances, dec_std, level_decoder = fitted[name]
+    return (variances, None, level_decoder) if var == "fitted_levels" else (variances, dec_std, None)
+
+
 for name, model in (("L_simple", unet), ("bound-tuned", unet_vlb)):
     with torch.no_grad():
         fitted[name] = (S.fitted_step_variances(model, x_fit, torch.Generator().manual_seed(seed + 6), fit_grid),
-                        S.fitted_decoder_std(model, x_fit, torch.Generator().manual_seed(seed + 7), **bins))
-    for var in ("beta", "beta_tilde", "fitted"):
-        variance, dec_std = fitted[name] if var == "fitted" else (var, None)
+                        S.fitted_decoder_std(model, x_fit, torch.Generator().manual_seed(seed + 7), **bins),
+                        S.fitted_level_decoder(model, x_fit, torch.Generator().manual_seed(seed + 7)))
+    for var in ("beta", "beta_tilde", "fitted", "fitted_levels"):
+        variance, dec_std, level_decoder = bound_settings(name, var)
         with torch.no_grad():
             bound = S.nll_bound(model, x_nll, torch.Generator().manual_seed(seed + 3), terms=nll_terms,
-                                variance=variance, decoder_std=dec_std, **bins)
+                                variance=variance, decoder_std=dec_std, decoder=level_decoder, **bins)
         b = bound / (dims * math.log(2))
         bpd_models[name, var] = (float(b.mean()), float(b.std()) / math.sqrt(len(b)))
-        print(f"DDPM bound, {name:11s} sigma² = {var:10s}: {b.mean():.3f} ± {bpd_models[name, var][1]:.3f} "
+        print(f"DDPM bound, {name:11s} sigma² = {var:13s}: {b.mean():.3f} ± {bpd_models[name, var][1]:.3f} "
               f"bits/dim on {len(x_nll)} test images")
-    print(f"  fitted decoder std {fitted[name][1]:.4f} (Ho et al.: {math.sqrt(float(S.betas[1])):.4f})")
+    print(f"  fitted decoder std {fitted[name][1]:.4f} (Ho et al.: {math.sqrt(float(S.betas[1])):.4f}); "
+          f"level decoder std {fitted[name][2].std:.4f}")
 (bpd, bpd_se) = min(bpd_models.values())
 bpd_pixel = data.independent_pixel_bits_per_dim(lv_tr, lv_te, 256)
 print(f"independent per-pixel categorical: {bpd_pixel:.3f} bits/dim")
@@ -471,11 +483,11 @@ print("published 28x28 MNIST: RealNVP 1.06, Glow 1.05, FFJORD 0.99 bits/dim")
 # 0.035, a few grey levels) and the remaining 988 steps plus L_T.
 best_name, best_var = min(bpd_models, key=lambda key: bpd_models[key][0])
 best_model = {"L_simple": unet, "bound-tuned": unet_vlb}[best_name]
-variance, dec_std = fitted[best_name] if best_var == "fitted" else (best_var, None)
+variance, dec_std, level_decoder = bound_settings(best_name, best_var)
 g_dec = torch.Generator().manual_seed(seed + 8)
 with torch.no_grad():
     bpd_l0 = float(S.decoder_nll(best_model, x_nll, torch.randn(x_nll.shape, generator=g_dec), std=dec_std,
-                                 **bins).mean()) / (dims * math.log(2))
+                                 decoder=level_decoder, **bins).mean()) / (dims * math.log(2))
     bpd_first = sum(float(S.step_kl(best_model, x_nll, k, torch.randn(x_nll.shape, generator=g_dec),
                                     variance).mean()) for k in range(2, 13)) / (dims * math.log(2))
 print(f"best bound ({best_name}, {best_var}) {bpd:.3f} bits/dim = L_0 {bpd_l0:.3f} "
@@ -484,7 +496,7 @@ print(f"best bound ({best_name}, {best_var}) {bpd:.3f} bits/dim = L_0 {bpd_l0:.3
 # %%
 fig, ax = plt.subplots(figsize=(5, 3))
 kk = torch.arange(2, S.T + 1)
-for name, (var_fit, _) in fitted.items():
+for name, (var_fit, *_) in fitted.items():
     ax.loglog(kk, var_fit[2:], label=f"fitted, {name}")
 ax.loglog(kk, S.betas[2:], "k--", lw=1, label=r"$\beta_k$")
 ax.loglog(kk, (1 - S.alpha_bar[1:-1]) / (1 - S.alpha_bar[2:]) * S.betas[2:], "k:", lw=1, label=r"$\tilde\beta_k$")
@@ -599,8 +611,9 @@ metrics["fd_ratio_refiner_over_vae"] = metric(
 for (name, var), (b, se) in bpd_models.items():
     metrics[f"bpd_{sampler_key(name)}_{var}"] = metric(b, "bits/dim", "lower")
     metrics[f"bpd_{sampler_key(name)}_{var}_se"] = metric(se, "bits/dim", "lower")
-for name, (_, dec_std) in fitted.items():
+for name, (_, dec_std, level_decoder) in fitted.items():
     metrics[f"decoder_std_fitted_{sampler_key(name)}"] = metric(dec_std, "", "lower")
+    metrics[f"level_decoder_std_{sampler_key(name)}"] = metric(level_decoder.std, "", "lower")
 metrics["bpd_ddpm_bound"] = metric(bpd, "bits/dim", "lower")
 metrics["bpd_best_bound_decoder_L0"] = metric(bpd_l0, "bits/dim", "lower")
 metrics["bpd_best_bound_steps_2_12"] = metric(bpd_first, "bits/dim", "lower")

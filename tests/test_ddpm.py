@@ -19,6 +19,7 @@ from moments import assert_moments
 from minigen import solvers
 from minigen.ddpm import (
     DDPMSchedule,
+    LevelDecoder,
     discretized_gaussian_log_likelihood,
     kl_gaussians,
     unit_interval_bins,
@@ -415,6 +416,55 @@ def test_fitted_decoder_std_minimises_the_decoder_term():
     base = math.sqrt(float(SCHED.betas[1]))
     assert std < base
     assert g(std) <= min(g(base), g(std * 1.2), g(std / 1.2)) + 1e-9
+
+
+def test_level_decoder_by_hand_and_normalised():
+    """K = 4 levels -0.75, -0.25, 0.25, 0.75: p(v_i) = pi_i N(v_i; mean, s²) / sum_j (...)."""
+    prior = torch.tensor([0.5, 0.2, 0.2, 0.1], dtype=F64)
+    dec = LevelDecoder(4, prior.log(), 0.3)
+    mean = torch.tensor([[0.1]], dtype=F64)
+    w = prior * torch.exp(-(torch.tensor([-0.75, -0.25, 0.25, 0.75], dtype=F64) - 0.1) ** 2 / (2 * 0.09))
+    for i, v in enumerate((-0.75, -0.25, 0.25, 0.75)):
+        got = dec.log_prob(torch.tensor([[v]], dtype=F64), mean)
+        assert float(got) == pytest.approx(math.log(w[i] / w.sum()), rel=1e-12)
+    x = torch.tensor([-0.75, -0.25, 0.25, 0.75], dtype=F64)
+    for m in (-2.0, 0.0, 0.6):
+        total = dec.log_prob(x, torch.full((4,), m, dtype=F64)).exp().sum()
+        assert float(total) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_fitted_level_decoder_uses_the_level_histogram():
+    """Data that are black (level 0) 80% of the time, with a model whose x_1 -> x_0 mean is
+    off by N(0, 0.01²) everywhere: the fitted prior is the add-one histogram, and the
+    categorical decoder beats the best Gaussian decoder (its bound is lower) because it puts
+    ~all mass of a near-black mean on level 0."""
+    bins = unit_interval_bins(256)
+    g = gen(70)
+    levels = torch.where(torch.rand(3000, 6, generator=g) < 0.8, 0, torch.randint(0, 256, (3000, 6), generator=g))
+    x0 = (2 * levels.double() + 1) / 256 - 1
+    err = 0.01 * torch.randn(x0.shape, generator=g, dtype=F64)
+
+    def model(x, t):  # the epsilon that makes mu_theta(x_1, 1) = x0 + err
+        return (x - SCHED.alpha_bar[1].sqrt() * (x0 + err)) / (1 - SCHED.alpha_bar[1]).sqrt()
+    dec = SCHED.fitted_level_decoder(model, x0, gen(71), n_levels=256)
+    counts = torch.bincount(levels.flatten(), minlength=256).double() + 1
+    assert torch.allclose(dec.log_prior, (counts / counts.sum()).log(), atol=1e-12)
+    std = SCHED.fitted_decoder_std(model, x0, gen(71), **bins)
+    noise = torch.randn(x0.shape, generator=gen(72), dtype=F64)
+    l_cat = float(SCHED.decoder_nll(model, x0, noise, decoder=dec).mean())
+    l_gauss = float(SCHED.decoder_nll(model, x0, noise, std=std, **bins).mean())
+    assert l_cat < l_gauss - 0.5  # nats per 6-pixel row
+    assert float(SCHED.nll_bound(model, x0, gen(3), decoder=dec, terms=3).mean()) < float(
+        SCHED.nll_bound(model, x0, gen(3), decoder_std=std, terms=3, **bins).mean())
+
+
+def test_level_decoder_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="n_levels"):
+        LevelDecoder(1, torch.zeros(1), 0.1)
+    with pytest.raises(ValueError, match="log-probabilities"):
+        LevelDecoder(3, torch.zeros(4), 0.1)
+    with pytest.raises(ValueError, match="std"):
+        LevelDecoder(3, torch.zeros(3), 0.0)
 
 
 def test_unit_interval_bins_sum_to_one_over_all_levels():

@@ -287,12 +287,15 @@ class DDPMSchedule:
 
     def decoder_nll(self, eps_model: EpsModel, x0: Tensor, noise: Tensor,
                     bin_width: float = 2 / 255, low: float = -1.0, high: float = 1.0,
-                    std: float | None = None) -> Tensor:
+                    std: float | None = None, decoder: "LevelDecoder | None" = None) -> Tensor:
         """L_0 = -log p_theta(x_0 | x_1), the discretised Gaussian N(mu_theta(x_1, 1), std²)
         over the data's bins (Ho et al., 2020, eq. 13: std = sqrt(beta_1), the default;
         ``fitted_decoder_std`` fits it); ``unit_interval_bins`` gives the bins of
-        ``data.to_unit_interval``. Summed over dimensions, nats: (B,)."""
+        ``data.to_unit_interval``. With ``decoder`` (a ``LevelDecoder``) the categorical decoder
+        over the grey levels replaces the Gaussian. Summed over dimensions, nats: (B,)."""
         mean = self.decoder_mean(eps_model, x0, noise)
+        if decoder is not None:
+            return -decoder.log_prob(x0, mean).flatten(1).sum(1)
         std = math.sqrt(float(self.betas[1])) if std is None else std
         ll = discretized_gaussian_log_likelihood(x0, mean, std, bin_width, low, high)
         return -ll.flatten(1).sum(1)
@@ -308,7 +311,7 @@ class DDPMSchedule:
     def nll_bound(self, eps_model: EpsModel, x0: Tensor, generator: torch.Generator,
                   variance: str | Tensor = "beta", bin_width: float | None = 2 / 255,
                   terms: int | None = None, low: float = -1.0, high: float = 1.0,
-                  decoder_std: float | None = None) -> Tensor:
+                  decoder_std: float | None = None, decoder: "LevelDecoder | None" = None) -> Tensor:
         """The bound L_T + sum_{k=2}^T L_{k-1} + L_0 in nats, one noise draw per term: (B,).
 
         ``terms=None`` evaluates all T - 1 middle terms (T network calls); ``terms=m`` replaces
@@ -320,14 +323,15 @@ class DDPMSchedule:
         so the bound is on the discrete 0..255 data: divide by D log 2 for bits/dim, no change
         of variables. ``bin_width=None`` uses the Gaussian decoder density (continuous data);
         ``low``/``high`` are the centres of the edge bins (``unit_interval_bins``). ``variance``
-        and ``decoder_std`` choose sigma_k² (``model_variance``) and the decoder's std."""
+        and ``decoder_std`` choose sigma_k² (``model_variance``) and the decoder's std;
+        ``decoder`` replaces the Gaussian decoder by a ``LevelDecoder``."""
         def noise():
             return torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         if bin_width is None:
             total = self.prior_kl(x0) + self.decoder_nll_continuous(eps_model, x0, noise())
         else:
             total = self.prior_kl(x0) + self.decoder_nll(eps_model, x0, noise(), bin_width, low, high,
-                                                         decoder_std)
+                                                         decoder_std, decoder)
         if terms is None:
             for k in range(2, self.T + 1):
                 total = total + self.step_kl(eps_model, x0, k, noise(), variance)
@@ -399,6 +403,23 @@ class DDPMSchedule:
                for s in stds]
         return stds[min(range(len(stds)), key=nll.__getitem__)]
 
+    def fitted_level_decoder(self, eps_model: EpsModel, x0: Tensor, generator: torch.Generator,
+                             n_levels: int = 256, candidates: int = 41) -> "LevelDecoder":
+        """A ``LevelDecoder`` fitted on ``x0`` (training data on the ``data.to_unit_interval``
+        grid): its prior is their grey-level histogram (add-one smoothed), its std the minimiser
+        of the mean L_0 on a log grid from sqrt(beta_1)/20 to 4 sqrt(beta_1)."""
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+        mean = self.decoder_mean(eps_model, x0, noise)
+        counts = torch.bincount(LevelDecoder.level_index(x0, n_levels).flatten(), minlength=n_levels)
+        log_prior = ((counts.double() + 1) / (counts.sum() + n_levels)).log()
+        base = math.sqrt(float(self.betas[1]))
+        best = None
+        for s in torch.logspace(math.log10(base / 20), math.log10(base * 4), candidates).tolist():
+            dec = LevelDecoder(n_levels, log_prior, s)
+            nll = -float(dec.log_prob(x0, mean).mean())
+            best = (nll, dec) if best is None or nll < best[0] else best
+        return best[1]
+
     def vlb_weight(self, k: Tensor) -> Tensor:
         """lambda_k with L_{k-1} = lambda_k E||eps - eps_theta(x_k, k)||² + const for the fixed
         variance sigma_k² = beta_k: lambda_k = beta_k / (2 alpha_k (1 - alpha_bar_k)) (Ho et al.,
@@ -438,6 +459,45 @@ class DDPMSchedule:
         t = self.t_of_k(k).to(x0)
         pred = eps_model(self.q_sample(x0, k, noise), t)
         return (pred - noise).pow(2).flatten(1).mean(1), t
+
+
+class LevelDecoder:
+    """Categorical decoder over the K grey levels v_i = 2 (i + 1/2) / K - 1 of
+    ``data.to_unit_interval``:
+
+        p(x_0 = v_i | x_1) = softmax_i( log pi_i - (v_i - mu_theta(x_1, 1))² / (2 std²) ),
+
+    per pixel. With a uniform pi this is the decoder of Variational Diffusion Models (Kingma et
+    al., 2021: p(x | z_0) proportional to q(z_0 | x), normalised over the levels); with pi the
+    training split's grey-level histogram (one histogram shared by every pixel) it also knows
+    that most MNIST pixels are exactly black, which a Gaussian around mu_theta cannot express
+    when the noise at k = 1 (std 0.01) is wider than a level (2/256)."""
+
+    def __init__(self, n_levels: int, log_prior: Tensor, std: float):
+        if not isinstance(n_levels, int) or n_levels < 2:
+            raise ValueError(f"n_levels must be an integer >= 2, got {n_levels!r}")
+        log_prior = torch.as_tensor(log_prior, dtype=torch.float64)
+        if log_prior.shape != (n_levels,) or not bool(torch.isfinite(log_prior).all()):
+            raise ValueError(f"log_prior must be {n_levels} finite log-probabilities")
+        if not std > 0:
+            raise ValueError(f"std must be > 0, got {std}")
+        self.n_levels, self.std = n_levels, float(std)
+        self.log_prior = log_prior.log_softmax(0)
+        self.levels = (torch.arange(n_levels, dtype=torch.float64) + 0.5) / n_levels * 2 - 1
+
+    def __repr__(self) -> str:
+        return f"LevelDecoder(n_levels={self.n_levels}, std={self.std:.4g})"
+
+    @staticmethod
+    def level_index(x0: Tensor, n_levels: int) -> Tensor:
+        """Index i of the level nearest to each x0 (x0 on the level grid): (B, ...) int64."""
+        return ((x0.double() + 1) * n_levels / 2 - 0.5).round().long().clamp(0, n_levels - 1)
+
+    def log_prob(self, x0: Tensor, mean: Tensor) -> Tensor:
+        """log p(x_0 | x_1) per element, for decoder means ``mean``: (B, ...) float64."""
+        logits = self.log_prior - (self.levels - mean.double().unsqueeze(-1)) ** 2 / (2 * self.std ** 2)
+        idx = self.level_index(x0, self.n_levels).unsqueeze(-1)
+        return logits.log_softmax(-1).gather(-1, idx).squeeze(-1)
 
 
 def kl_gaussians(mean1: Tensor, var1: Tensor, mean2: Tensor, var2: Tensor) -> Tensor:
