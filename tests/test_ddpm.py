@@ -440,7 +440,8 @@ def test_fitted_level_decoder_uses_the_level_histogram():
     ~all mass of a near-black mean on level 0."""
     bins = unit_interval_bins(256)
     g = gen(70)
-    levels = torch.where(torch.rand(3000, 6, generator=g) < 0.8, 0, torch.randint(0, 256, (3000, 6), generator=g))
+    black = torch.rand(3000, 6, generator=g) < 0.8
+    levels = torch.where(black, 0, torch.randint(0, 256, (3000, 6), generator=g))
     x0 = (2 * levels.double() + 1) / 256 - 1
     err = 0.01 * torch.randn(x0.shape, generator=g, dtype=F64)
 
