@@ -149,6 +149,10 @@ def test_02_denoising_diffusion():
     # the stratified estimates share their noise draws)
     for name in ("L_simple", "bound-tuned"):
         assert value(r, f"bpd_{name}_fitted") < value(r, f"bpd_{name}_beta") + 0.01
+    # the level decoder (grey-level histogram as prior) beats the fitted Gaussian decoder on the
+    # same variances and noise draws (measured 10.96 vs 11.71, 10.28 vs 11.02 bits/dim)
+    for name in ("L_simple", "bound-tuned"):
+        assert value(r, f"bpd_{name}_fitted_levels") < value(r, f"bpd_{name}_fitted")
     assert 2 < value(r, "bpd_independent_pixels") < 4  # measured 2.485 on the 14x14 test split
 
 

@@ -141,5 +141,25 @@ def test_probability_flow_log_likelihood_with_an_epsilon_model(sde):
                                           generator=torch.Generator().manual_seed(1)).view(200, -1).mean(0)
     exact20 = probability_flow_log_likelihood(sde, score, x, steps=20)
     assert (hut - exact20).abs().mean() < 0.05
+    # the warped time grid is an exact change of variables: the same closed form
+    warped = probability_flow_log_likelihood(sde, score, x, steps=100, warp=3.0)
+    assert (warped - want).abs().max() < 0.05
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE()], ids=["vp", "subvp"])
+def test_warped_time_grid_converges_faster_on_narrow_data(sde):
+    """Data as narrow as a grey level (std 0.004): 12 uniform rk4 steps miss the closed form by
+    nats per dimension, because the field changes fastest near t_max; warp 3 crowds the steps
+    there and lands much closer at the same cost."""
+    mu, c = 0.3, 0.004
+    target = GaussianTarget(torch.full((2,), mu), c**2 * torch.eye(2))
+    x = target.sample(64, torch.Generator().manual_seed(0))
+    score = score_from_epsilon_model(exact_epsilon_model(sde, mu, c), sde)
+    want = target.marginal_log_prob(sde.path, x, sde.t_max)
+    err = {w: float((probability_flow_log_likelihood(sde, score, x, steps=12, warp=w) - want).abs().mean())
+           for w in (1.0, 3.0)}
+    assert err[3.0] < err[1.0] / 3, err
+    with pytest.raises(ValueError, match="warp"):
+        probability_flow_log_likelihood(sde, score, x, warp=0.5)
 
 
