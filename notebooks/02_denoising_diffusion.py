@@ -106,7 +106,7 @@ import matplotlib.pyplot as plt
 import torch
 
 from minigen import data, fd
-from minigen.ddpm import DDPMSchedule, unit_interval_bins, velocity_from_epsilon_model
+from minigen.ddpm import DDPMSchedule, LevelDecoder, unit_interval_bins, velocity_from_epsilon_model
 from minigen.metrics import wasserstein2_squared
 from minigen.nets import MLP, UNet
 from minigen.record import ResultsTable, metric, record
@@ -434,9 +434,26 @@ fig.tight_layout()
 # way (`fitted_decoder_std`; Ho et al. fix it at $\sqrt{\beta_1}=0.01$, wider than a grey
 # level's bin, $2/256$), then evaluate on the *test* images. Both the $L_\text{simple}$
 # U-Net and its copy fine-tuned on the bound are evaluated with all three variance choices.
+#
+# **Which decoder.** Ho et al.'s decoder is a Gaussian around $\mu_\theta(x_1,1)$ integrated
+# over each grey level's bin. At $k=1$ the noise (std 0.01) is wider than a level (2/256),
+# so the network cannot name a pixel's exact level from $x_1$, and a Gaussian cannot say what
+# every MNIST model should: most pixels are *exactly* black. Any distribution over the levels
+# that depends on $x_1$ alone is a valid decoder. Variational Diffusion Models (Kingma et al.,
+# 2021) use $p(x_0\mid x_1)\propto q(x_1\mid x_0)$ normalised over the levels; we add a prior
+# $\pi$ over the 256 levels, the training split's grey-level histogram (one histogram for every
+# pixel, 256 numbers, not a per-pixel model):
+#
+# $$p(x_0=v_i\mid x_1)=\operatorname{softmax}_i\Big(\log\pi_i-\frac{(v_i-\mu_\theta(x_1,1))^2}{2s^2}\Big),$$
+#
+# with $s$ fitted on training images (`LevelDecoder`, `fitted_level_decoder`). The row
+# `fitted_levels` uses it with the fitted variances; only $L_0$ changes.
 
 # %%
 show_source(DDPMSchedule.fitted_step_variances)
+
+# %%
+show_source(LevelDecoder.log_prob)
 
 # %%
 (lv_tr, _), (lv_te, _) = data.load_mnist_5k()

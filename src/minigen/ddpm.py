@@ -405,20 +405,14 @@ class DDPMSchedule:
 
     def fitted_level_decoder(self, eps_model: EpsModel, x0: Tensor, generator: torch.Generator,
                              n_levels: int = 256, candidates: int = 41) -> "LevelDecoder":
-        """A ``LevelDecoder`` fitted on ``x0`` (training data on the ``data.to_unit_interval``
-        grid): its prior is their grey-level histogram (add-one smoothed), its std the minimiser
-        of the mean L_0 on a log grid from sqrt(beta_1)/20 to 4 sqrt(beta_1)."""
+        """``LevelDecoder.fitted`` on ``x0`` (training data on the ``data.to_unit_interval``
+        grid) with the decoder means mu_theta(x_1, 1), its std searched on a log grid from
+        sqrt(beta_1)/20 to 4 sqrt(beta_1)."""
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         mean = self.decoder_mean(eps_model, x0, noise)
-        counts = torch.bincount(LevelDecoder.level_index(x0, n_levels).flatten(), minlength=n_levels)
-        log_prior = ((counts.double() + 1) / (counts.sum() + n_levels)).log()
         base = math.sqrt(float(self.betas[1]))
-        best = None
-        for s in torch.logspace(math.log10(base / 20), math.log10(base * 4), candidates).tolist():
-            dec = LevelDecoder(n_levels, log_prior, s)
-            nll = -float(dec.log_prob(x0, mean).mean())
-            best = (nll, dec) if best is None or nll < best[0] else best
-        return best[1]
+        grid = torch.logspace(math.log10(base / 20), math.log10(base * 4), candidates).tolist()
+        return LevelDecoder.fitted(x0, mean, n_levels, grid)
 
     def vlb_weight(self, k: Tensor) -> Tensor:
         """lambda_k with L_{k-1} = lambda_k E||eps - eps_theta(x_k, k)||² + const for the fixed
@@ -487,6 +481,17 @@ class LevelDecoder:
 
     def __repr__(self) -> str:
         return f"LevelDecoder(n_levels={self.n_levels}, std={self.std:.4g})"
+
+    @classmethod
+    def fitted(cls, x0: Tensor, mean: Tensor, n_levels: int, std_grid: Sequence[float]) -> "LevelDecoder":
+        """The decoder for data ``x0`` (on the level grid) and decoder means ``mean``: prior the
+        add-one smoothed histogram of x0's levels, std the value of ``std_grid`` minimising the
+        mean -log p(x0 | mean) (fit on training data; evaluate on test data)."""
+        counts = torch.bincount(cls.level_index(x0, n_levels).flatten(), minlength=n_levels)
+        log_prior = ((counts.double() + 1) / (counts.sum() + n_levels)).log()
+        decoders = [cls(n_levels, log_prior, s) for s in std_grid]
+        nll = [-float(dec.log_prob(x0, mean).mean()) for dec in decoders]
+        return decoders[min(range(len(nll)), key=nll.__getitem__)]
 
     @staticmethod
     def level_index(x0: Tensor, n_levels: int) -> Tensor:
