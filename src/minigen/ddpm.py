@@ -461,11 +461,13 @@ class LevelDecoder:
 
         p(x_0 = v_i | x_1) = softmax_i( log pi_i - (v_i - mu_theta(x_1, 1))² / (2 std²) ),
 
-    per pixel. With a uniform pi this is the decoder of Variational Diffusion Models (Kingma et
-    al., 2021: p(x | z_0) proportional to q(z_0 | x), normalised over the levels); with pi the
-    training split's grey-level histogram (one histogram shared by every pixel) it also knows
-    that most MNIST pixels are exactly black, which a Gaussian around mu_theta cannot express
-    when the noise at k = 1 (std 0.01) is wider than a level (2/256)."""
+    per pixel. With a uniform pi, the mean x_1 / sqrt(alpha_bar_1) and std
+    sqrt((1 - alpha_bar_1) / alpha_bar_1) this is the decoder of Variational Diffusion Models
+    (Kingma et al., 2021: p(x | z_0) proportional to q(z_0 | x), normalised over the levels);
+    here the mean is the network's and pi the training split's grey-level histogram (one
+    histogram shared by every pixel), so it also knows that most MNIST pixels are exactly black,
+    which a Gaussian around mu_theta cannot express when the noise at k = 1 (std 0.01) is wider
+    than a level (2/256)."""
 
     def __init__(self, n_levels: int, log_prior: Tensor, std: float):
         if not isinstance(n_levels, int) or n_levels < 2:
