@@ -516,7 +516,8 @@ kk = torch.arange(2, S.T + 1)
 for name, (var_fit, *_) in fitted.items():
     ax.loglog(kk, var_fit[2:], label=f"fitted, {name}")
 ax.loglog(kk, S.betas[2:], "k--", lw=1, label=r"$\beta_k$")
-ax.loglog(kk, (1 - S.alpha_bar[1:-1]) / (1 - S.alpha_bar[2:]) * S.betas[2:], "k:", lw=1, label=r"$\tilde\beta_k$")
+ax.loglog(kk, S.model_variance(torch.ones(len(kk), dtype=torch.float64), kk, variance="beta_tilde"), "k:", lw=1,
+          label=r"$\tilde\beta_k$")
 ax.set_xlabel("DDPM step k (k = 0 is the data)")
 ax.set_ylabel(r"$\sigma_k^2$")
 ax.legend(fontsize=8)

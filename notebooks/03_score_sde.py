@@ -691,12 +691,10 @@ def decoding_time(sde, sigma):
 def decoded_bits_per_dim(sde, net, levels, sigma, gen, n_fit=ll_fit_images):
     # discrete_nll_bound at sigma(t) = sigma, its decoder fitted on training images: (N,)
     t_dec = decoding_time(sde, sigma)
-    t = torch.full((n_fit,), t_dec)
-    a, s = float(sde.path.alpha(t[0])), float(sde.path.sigma(t[0]))
+    a, s = float(sde.path.alpha(torch.tensor(t_dec))), float(sde.path.sigma(torch.tensor(t_dec)))
     x_fit = data.to_unit_interval(mn_tr[torch.randperm(len(mn_tr), generator=gen)[:n_fit]], 256)
     x_noisy = a * x_fit + s * torch.randn(x_fit.shape, generator=gen)
-    with torch.no_grad():
-        mean_fit = sde.path.x1_from_epsilon(eps_fn(net)(x_noisy, t), x_noisy, t)
+    mean_fit = denoise(sde, eps_fn(net), x_noisy, t_dec)
     grid = torch.logspace(math.log10(s / a / 20), math.log10(4 * s / a), 21).tolist()
     decoder = LevelDecoder.fitted(x_fit, mean_fit, 256, grid)
     x = data.to_unit_interval(levels, 256)

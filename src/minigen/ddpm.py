@@ -381,7 +381,8 @@ class DDPMSchedule:
             err = float((mean - mean_p).double().pow(2).mean())
             log_ratio.append(math.log1p(err / float(var[0])))
         steps = torch.arange(2, self.T + 1)
-        beta_tilde = (1 - self.alpha_bar[steps - 1]) / (1 - self.alpha_bar[steps]) * self.betas[steps]
+        beta_tilde = self.model_variance(torch.ones(len(steps), dtype=torch.float64), steps,
+                                         variance="beta_tilde")
         ratio = torch.from_numpy(np.interp(steps.double().numpy(), ks.double().numpy(), log_ratio)).exp()
         out = torch.zeros(self.T + 1, dtype=torch.float64)
         out[1] = self.betas[1]
@@ -397,8 +398,7 @@ class DDPMSchedule:
         variances are Nichol & Dhariwal's (2021, §3.1); Ho et al. fix std = sqrt(beta_1)."""
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         mean = self.decoder_mean(eps_model, x0, noise)
-        base = math.sqrt(float(self.betas[1]))
-        stds = torch.logspace(math.log10(base / 20), math.log10(base * 4), candidates).tolist()
+        stds = self._decoder_std_grid(candidates)
         nll = [-float(discretized_gaussian_log_likelihood(x0, mean, s, bin_width, low, high).mean())
                for s in stds]
         return stds[min(range(len(stds)), key=nll.__getitem__)]
@@ -410,9 +410,12 @@ class DDPMSchedule:
         sqrt(beta_1)/20 to 4 sqrt(beta_1)."""
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         mean = self.decoder_mean(eps_model, x0, noise)
+        return LevelDecoder.fitted(x0, mean, n_levels, self._decoder_std_grid(candidates))
+
+    def _decoder_std_grid(self, candidates: int) -> list[float]:
+        """``candidates`` decoder stds, log-spaced from sqrt(beta_1)/20 to 4 sqrt(beta_1)."""
         base = math.sqrt(float(self.betas[1]))
-        grid = torch.logspace(math.log10(base / 20), math.log10(base * 4), candidates).tolist()
-        return LevelDecoder.fitted(x0, mean, n_levels, grid)
+        return torch.logspace(math.log10(base / 20), math.log10(base * 4), candidates).tolist()
 
     def vlb_weight(self, k: Tensor) -> Tensor:
         """lambda_k with L_{k-1} = lambda_k E||eps - eps_theta(x_k, k)||² + const for the fixed

@@ -199,16 +199,14 @@ def discrete_nll_bound(sde: SDE, eps_model: Callable, x: Tensor, decoder, t_end:
     log_p = probability_flow_log_likelihood(sde, score, xt, steps=steps, estimator=estimator,
                                             generator=generator, warp=warp, t_end=t_end)
     log_q = (-0.5 * z ** 2 - torch.log(sigma) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
-    with torch.no_grad():
-        mean = sde.path.x1_from_epsilon(eps_model(xt, t), xt, t)
-    log_dec = decoder.log_prob(x, mean).flatten(1).sum(1)
+    log_dec = decoder.log_prob(x, denoise(sde, eps_model, xt, t_end)).flatten(1).sum(1)
     return -log_p - log_dec.to(log_p) + log_q
 
 
-def denoise(sde: SDE, eps_model: Callable, x: Tensor) -> Tensor:
-    """Tweedie's denoising step at the end of sampling: E[x1 | x_{t_max} = x] =
-    (x - sigma eps_theta(x, t_max)) / alpha at t = t_max (Efron, 2011; Song et al., 2021, App. G
+def denoise(sde: SDE, eps_model: Callable, x: Tensor, t: float | None = None) -> Tensor:
+    """Tweedie's denoising step: E[x1 | x_t = x] = (x - sigma eps_theta(x, t)) / alpha at
+    t = ``t`` (default t_max, the end of sampling: Efron, 2011; Song et al., 2021, App. G
     removes the last sigma(t_max) of noise this way). One NFE. (B, ...) -> (B, ...)."""
-    t = torch.full((len(x),), sde.t_max, dtype=x.dtype, device=x.device)
+    t = torch.full((len(x),), sde.t_max if t is None else float(t), dtype=x.dtype, device=x.device)
     with torch.no_grad():
         return sde.path.x1_from_epsilon(eps_model(x, t), x, t)
