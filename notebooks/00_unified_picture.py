@@ -53,7 +53,6 @@ from minigen.record import ResultsTable, metric, record
 from minigen.solvers import integrate
 from minigen.viz import show_source
 
-torch.set_num_threads(1)
 t_start = time.perf_counter()
 # quick mode only shrinks the sample counts of the checks below (2000 vs 20000).
 n_check = 2000 if quick else 20000

@@ -82,7 +82,6 @@ from minigen.viz import (
     vector_field,
 )
 
-torch.set_num_threads(1)
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
 if quick:

@@ -125,13 +125,12 @@ from minigen.solvers import integrate
 from minigen.train import train
 from minigen.viz import scatter, show_source
 
-torch.set_num_threads(1)
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
 if quick:
     seeds, steps_2d, batch_2d, n_eval, ll_points, ll_steps_2d, nfe_2d = 1, 400, 128, 400, 200, 10, 100
     width_2d, fwd_steps = 64, 400
-    digits_steps, image_steps, unet_base, n_images, nfe_images = 10, 10, 16, 64, 8
+    digits_steps, image_steps, unet_base, n_images, nfe_images = 5, 5, 16, 64, 8
     ll_images, ll_digits, ll_steps_images, ema_decay, ll_conv_images, ll_fit_images = 24, 24, 4, 0.98, 8, 16
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(VEPath(0.01, ve_sigma_max_2d))}
 # (sde, weighting, importance sampling) per 2D configuration; VE trains one seed for the samplers
@@ -151,7 +150,7 @@ print(f"{mode}: 2D {toy}, {len(CONFIGS_2D)} configurations x {seeds} seed(s) x {
 # (800 steps each), and one U-Net on MNIST-5k at 14×14 (1500 steps, batch 64; a GPU run would
 # raise `unet_base` to 32 and `image_steps` and `nfe_images` tenfold). Quick mode (the
 # tests) trains one seed of four 2D configurations for 400 steps and tiny image models
-# (the same U-Net, 40 steps, 100 samples at 8 NFE): it runs every code path, but its
+# (the same U-Net, 5 steps, 64 samples at 8 NFE): it runs every code path, but its
 # image numbers are not results.
 
 # %% [markdown]

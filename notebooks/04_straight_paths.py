@@ -134,7 +134,6 @@ from minigen.solvers import integrate, sample
 from minigen.train import train
 from minigen.viz import scatter, show_source, trajectories
 
-torch.set_num_threads(1)
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
 if quick:

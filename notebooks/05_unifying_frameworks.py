@@ -120,7 +120,6 @@ from minigen.record import ResultsTable, metric, record
 from minigen.train import train
 from minigen.viz import scatter, show_source
 
-torch.set_num_threads(1)
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
 PAIRS = {"8gaussians-moons": ("8gaussians", "moons", "linear"),

@@ -49,6 +49,17 @@ def test_quick_mode_sets_env_and_one_thread():
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
     assert reproduce.run_env("full")["MINIGEN_QUICK"] == "0"
     assert "OMP_NUM_THREADS" not in reproduce.run_env("gpu")
+    assert reproduce.run_env("full", threads=2)["OMP_NUM_THREADS"] == "2"
+    with pytest.raises(ValueError, match="threads"):
+        reproduce.run_env("quick", threads=0)
+
+
+def test_cores_are_shared_between_the_notebooks_that_run_at_once():
+    assert reproduce.threads_per_notebook(jobs=2, n_notebooks=7, cores=2) == 1
+    assert reproduce.threads_per_notebook(jobs=2, n_notebooks=1, cores=2) == 2  # one chapter alone
+    assert reproduce.threads_per_notebook(jobs=1, n_notebooks=7, cores=2) == 2
+    assert reproduce.threads_per_notebook(jobs=3, n_notebooks=7, cores=2) == 1  # never below one
+    assert reproduce.threads_per_notebook(jobs=2, n_notebooks=4, cores=8) == 4
 
 
 def test_results_table_lists_every_metric(results):
