@@ -618,12 +618,15 @@ for ax, smp in zip(axes, SAMPLERS):
 fig.tight_layout()
 
 # %% [markdown]
-# At the full-mode CPU budget (1500 steps of a width-16 U-Net, NFE 60) the best sampler by FD was
-# EM: FD 13.5× the real-vs-real floor (4.93 at n = 1000; PC 14.9×, ODE 14.7×), precision 0.71 and
-# recall 0.94 of the floor's; the classifier's mean top-class probability was 0.72 (the target is
-# 0.8, missed) and the classes held 5.4%–15.5% of the samples (the target is 5–15%: the commonest
-# class is half a point over). The three samplers are close on every measure; PC has the best
-# precision, the ODE the worst precision and the most uneven classes. Longer training
+# At the full-mode CPU budget (2500 steps of a width-16 U-Net, NFE 60) the best sampler by FD was
+# EM: FD 7.7× the real-vs-real floor (4.93 at n = 1000; PC 8.6×, ODE 8.5×), precision 0.74 and
+# recall 1.03 of the floor's; the classifier's mean top-class probability was 0.76 (the target is
+# 0.8, missed) and the classes held 5.0%–13.3% of the samples (the target, 5–15%, is met). With
+# the earlier recipe — 1500 steps at a constant 1e-3, no clipping — the same sampler gave FD
+# 13.5× the floor, confidence 0.72 and a largest class of 15.5%: training, not the sampler, is
+# the bottleneck (EM at 200 NFE instead of 60 moved that model's confidence by only 0.01). The
+# three samplers are close on every measure; PC has the best precision and the lowest
+# confidence (its rarest class, 4.4%, is under 5%), the ODE the worst precision. Longer training
 # (`image_steps`), a wider U-Net (`unet_base = 32`) and more NFE are the knobs; on a GPU raise
 # them tenfold.
 
@@ -717,14 +720,15 @@ for sig in (ll_sigma / 2, ll_sigma, 2 * ll_sigma) if not quick else ():
     print(f"  decoded at sigma = {sig:.3f}: {bpd_sigma[sig]:.3f} bits/dim (first {ll_conv_images} test images)")
 
 # %% [markdown]
-# In full mode: uniform dequantisation gave 2.95 ± 0.03 bits/dim on 300 test images, above
-# the per-pixel model's 2.46; the convergence check shows why the first version of this
-# chapter reported 2.27 — 12 uniform steps give 2.39 on the first 50 images, 48 uniform steps
-# 3.02, and warped grids 2.99 (12 steps) and 3.03 (24). Decoded from $\sigma=0.01$, the bound
-# is 2.31 ± 0.03 bits/dim (ratio 0.94 to the per-pixel model); on the first 50 images it is
-# 2.52, 2.39 and 2.31 at $\sigma$ = 0.005, 0.01 and 0.02 — $\sigma$ is a choice of the
-# model (fixed here before looking at test images, to DDPM's $\sqrt{\beta_1}$), and a
-# larger one helps this small network.
+# In full mode: uniform dequantisation gave 2.63 ± 0.03 bits/dim on 300 test images, above
+# the per-pixel model's 2.46; the convergence check shows how a coarse grid flatters the ODE —
+# 12 uniform steps give 2.14 on the first 50 images, 48 uniform steps 2.71, and warped grids
+# 2.70 (12 steps) and 2.73 (24). (An earlier version of this chapter reported 2.27 from 12
+# uniform steps, below the per-pixel model, for a model whose converged value was 3.03.)
+# Decoded from $\sigma=0.01$, the bound is 2.14 ± 0.03 bits/dim (ratio 0.87 to the per-pixel
+# model); on the first 50 images it is 2.28, 2.20 and 2.16 at $\sigma$ = 0.005, 0.01 and
+# 0.02 — $\sigma$ is a choice of the model (fixed here before looking at test images, to
+# DDPM's $\sqrt{\beta_1}$), and a larger one helps this small network a little.
 
 # %% [markdown]
 # ## Results
@@ -820,12 +824,12 @@ ResultsTable(metrics)
 #   exact score* (tests/test_sde.py). An EMA without warm-up once made our ODE look hopeless:
 #   check the weights you sample with before blaming the sampler.
 # * The ODE is a normalizing flow with an exact likelihood — if it is integrated accurately:
-#   12 uniform rk4 steps put the MNIST model at 2.39 bits/dim, the converged value is 3.03, and
+#   12 uniform rk4 steps put the MNIST model at 2.14 bits/dim, the converged value is 2.73, and
 #   a time grid warped towards the data converges in 24 steps. On uniformly dequantised pixels
-#   the converged ODE does **not** beat the independent-pixel model (MNIST 14×14: 2.95 ± 0.03
+#   the converged ODE does **not** beat the independent-pixel model (MNIST 14×14: 2.63 ± 0.03
 #   vs 2.46; digits: VP 2.40, sub-VP 2.42, per-pixel 2.42). Noising the test image to
 #   $\sigma=0.01$ and decoding with chapter 02's grey-level decoder gives a valid bound of
-#   **2.31 ± 0.03** bits/dim, below it — the same decoder that brought chapter 02's DDPM bound
+#   **2.14 ± 0.03** bits/dim, below it — the same decoder that brought chapter 02's DDPM bound
 #   to 2.22. Both are far from the published 28×28 figures (~1 bit/dim), which need GPU-scale
 #   training.
 # * With a warmed-up EMA, EM and the ODE reach nearly the same marginal on VP and sub-VP
@@ -833,10 +837,10 @@ ResultsTable(metrics)
 #   ODE by a wide margin (0.86 vs 1.29) — the paper's direction, at its home SDE.
 # * sub-VP vs VP, and the likelihood weighting vs the variance weighting, made no difference
 #   beyond the seed spread on the 2D NLL, and sub-VP was not better on digits (2.42 vs 2.40).
-#   On MNIST a separate VP U-Net trained like this chapter's (a side run, not in this
-#   notebook) had a converged ODE likelihood of 3.40 against sub-VP's 3.04 bits/dim on the
-#   same 50 test images: sub-VP's likelihood advantage (Song et al., 2021) shows on MNIST
-#   only once the ODE is converged — the 12-step numbers had hidden it.
+#   On MNIST a separate VP U-Net trained with this chapter's earlier 1500-step recipe (a side
+#   run, not in this notebook) had a converged ODE likelihood of 3.40 against sub-VP's 3.04
+#   bits/dim on the same 50 test images: sub-VP's likelihood advantage (Song et al., 2021)
+#   shows on MNIST only once the ODE is converged — the 12-step numbers had hidden it.
 #
 # ## Exercises
 #
