@@ -111,6 +111,7 @@ from minigen.score import (
     denoise,
     discrete_nll_bound,
     probability_flow_log_likelihood,
+    time_at_sigma,
 )
 from minigen.sde import (
     SDE,
@@ -691,15 +692,9 @@ show_source(discrete_nll_bound)
 
 
 # %%
-def decoding_time(sde, sigma):
-    # the t where sigma(t) = ``sigma``, on a fine grid
-    ts = torch.linspace(0.5, sde.t_max, 20001, dtype=torch.float64)
-    return float(ts[(sde.path.sigma(ts) - sigma).abs().argmin()])
-
-
 def decoded_bits_per_dim(sde, net, levels, sigma, gen, n_fit=ll_fit_images):
     # discrete_nll_bound at sigma(t) = sigma, its decoder fitted on training images: (N,)
-    t_dec = decoding_time(sde, sigma)
+    t_dec = time_at_sigma(sde, sigma)
     a, s = float(sde.path.alpha(torch.tensor(t_dec))), float(sde.path.sigma(torch.tensor(t_dec)))
     x_fit = data.to_unit_interval(mn_tr[torch.randperm(len(mn_tr), generator=gen)[:n_fit]], 256)
     x_noisy = a * x_fit + s * torch.randn(x_fit.shape, generator=gen)
@@ -807,7 +802,7 @@ for cfg in ("vp", "subvp", "ve"):
 if not quick:  # ODE and SDE share the marginal up to the learned score's error (full: 0.12, 0.10)
     assert max(w2_em_ode["vp"], w2_em_ode["subvp"]) < w2_prior / 10, "EM and the ODE reach different marginals"
 assert all(v > true_nll - 0.05 for v in nll_2d.values()), "an NLL below the entropy means a bug"
-if not quick:  # the quick image models (40 steps) are not trained enough for these
+if not quick:  # the quick image models (5 steps) are not trained enough for these
     assert all(m < math.log2(K_DIGITS) for m, _ in bpd_digits.values()), "worse than uniform on digits"
     assert bpd_img_mean < 8.0, "worse than uniform on MNIST"
 

@@ -17,6 +17,7 @@ from minigen.score import (
     dsm_weight,
     probability_flow_log_likelihood,
     score_from_epsilon_model,
+    time_at_sigma,
 )
 from minigen.sde import VESDE, VPSDE, SubVPSDE
 
@@ -165,6 +166,12 @@ def test_warped_time_grid_converges_faster_on_narrow_data(sde):
         probability_flow_log_likelihood(sde, score, x, warp=0.5)
 
 
+def test_time_at_sigma_inverts_the_noise_std():
+    sde = SubVPSDE()
+    t = time_at_sigma(sde, 0.01)
+    assert abs(float(sde.path.sigma(torch.tensor(t, dtype=torch.float64))) - 0.01) < 1e-4
+    with pytest.raises(ValueError, match="sigma"):
+        time_at_sigma(sde, 5.0)
 
 
 def test_log_likelihood_at_an_intermediate_time_is_the_closed_form():
@@ -200,8 +207,7 @@ def test_discrete_nll_bound_brackets_the_exact_codelength():
     of the level spacing, within 0.1 nats per 2D point of it. A flipped log q, a missing
     decoder term or a wrong ODE endpoint breaks one side."""
     sde = VPSDE()
-    ts = torch.linspace(0.5, sde.t_max, 20001, dtype=torch.float64)
-    t_end = float(ts[(sde.path.sigma(ts) - 0.1).abs().argmin()])
+    t_end = time_at_sigma(sde, 0.1)
     g = torch.Generator().manual_seed(3)
     idx = torch.multinomial(LEVEL_PROBS, 2 * 400, replacement=True, generator=g).view(400, 2)
     x = LEVELS[idx]

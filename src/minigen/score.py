@@ -203,6 +203,18 @@ def discrete_nll_bound(sde: SDE, eps_model: Callable, x: Tensor, decoder, t_end:
     return -log_p - log_dec.to(log_p) + log_q
 
 
+def time_at_sigma(sde: SDE, sigma: float, t_from: float = 0.5, points: int = 20001) -> float:
+    """The t in [t_from, t_max] where the path's noise std sigma(t) is nearest ``sigma``, on a
+    grid of ``points`` times: where to noise data to before decoding it (``discrete_nll_bound``)."""
+    ts = torch.linspace(t_from, sde.t_max, points, dtype=torch.float64)
+    sig = sde.path.sigma(ts)
+    lo, hi = float(sig.min()), float(sig.max())
+    if not lo <= sigma <= hi:
+        raise ValueError(f"sigma must lie in [{lo:.3g}, {hi:.3g}] (sigma(t) for t in [{t_from}, "
+                         f"{sde.t_max}]), got {sigma}")
+    return float(ts[(sig - sigma).abs().argmin()])
+
+
 def denoise(sde: SDE, eps_model: Callable, x: Tensor, t: float | None = None) -> Tensor:
     """Tweedie's denoising step: E[x1 | x_t = x] = (x - sigma eps_theta(x, t)) / alpha at
     t = ``t`` (default t_max, the end of sampling: Efron, 2011; Song et al., 2021, App. G
