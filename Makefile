@@ -54,7 +54,7 @@ venv: $(STAMP)
 
 # ------------------------------------------------------------------ tests
 test: venv classifier
-	$(PY) -m minigen.reproduce --quick --jobs $(JOBS)
+	$(PY) -m minigen.workbook.reproduce --quick --jobs $(JOBS)
 	$(MAKE) --no-print-directory unit nbval lint
 
 unit: venv
@@ -71,11 +71,11 @@ lint: venv
 # The image chapters' FD classifier is trained once (about 20 s) and cached in build/cache/
 # before the notebooks run, so parallel notebooks share it instead of each training it.
 classifier: venv
-	OMP_NUM_THREADS=1 $(PY) -c "from minigen.fd import load_classifier; load_classifier()"
+	OMP_NUM_THREADS=1 $(PY) -c "from minigen.eval.fd import load_classifier; load_classifier()"
 
 # ------------------------------------------------------------------ book
 book: venv mathjax classifier
-	$(PY) -m minigen.reproduce --full --jobs $(JOBS)
+	$(PY) -m minigen.workbook.reproduce --full --jobs $(JOBS)
 	$(MAKE) --no-print-directory book-html
 
 book-quick: venv mathjax
@@ -104,7 +104,7 @@ site-test: venv
 
 # ------------------------------------------------------------------ results
 check: venv
-	$(PY) -m minigen.reproduce --full --check --no-run
+	$(PY) -m minigen.workbook.reproduce --full --check --no-run
 
 clean:
 	rm -rf build book/_build results/quick .pytest_cache

@@ -36,18 +36,19 @@ import importlib.metadata
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minigen import data, objectives
-from minigen.metrics import w2sq_at_steps, wasserstein2_squared
-from minigen.nets import MLP
-from minigen.record import git_sha
+from minigen.data import toy2d
+from minigen.eval.metrics import w2sq_at_steps, wasserstein2_squared
+from minigen.nets.mlp import MLP
+from minigen.recipe import objectives
 from minigen.train import train
+from minigen.workbook.record import git_sha
 
 try:
     from torchcfm.conditional_flow_matching import (
@@ -88,7 +89,7 @@ class Config:
 
 def sample_batch(cfg: Config) -> Callable:
     """``gen -> (x0, x1)``: a batch of 8gaussians (source) and moons (data)."""
-    return lambda gen: (data.eight_gaussians(cfg.batch, gen), data.moons(cfg.batch, gen))
+    return lambda gen: (toy2d.eight_gaussians(cfg.batch, gen), toy2d.moons(cfg.batch, gen))
 
 
 def initial_mlp(seed: int) -> MLP:
@@ -317,9 +318,9 @@ def quality(cfg: Config) -> dict:
     """Part 3: train each minigen variant (EMA) and measure W2² against solver steps."""
     sample = sample_batch(cfg)
     eval_gen = torch.Generator().manual_seed(cfg.seed + 1000)
-    x0 = data.eight_gaussians(cfg.n_eval, eval_gen)
-    x1 = data.moons(cfg.n_eval, eval_gen)
-    out = {"floor": wasserstein2_squared(data.moons(cfg.n_eval, eval_gen), x1)}
+    x0 = toy2d.eight_gaussians(cfg.n_eval, eval_gen)
+    x1 = toy2d.moons(cfg.n_eval, eval_gen)
+    out = {"floor": wasserstein2_squared(toy2d.moons(cfg.n_eval, eval_gen), x1)}
     for name in ("icfm", "otcfm", "otcfm_sinkhorn"):
         res = train(initial_mlp(cfg.seed), variant(name, cfg).loss, sample,
                     steps=cfg.steps, lr=cfg.lr, seed=cfg.seed, ema_decay=cfg.ema_decay,

@@ -34,16 +34,16 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import torch
 
-from minigen import data
-from minigen.ddpm import DDPMSchedule
-from minigen.nets import UNet
-from minigen.record import git_sha
-from minigen.vae import ConvVAE, vae_loss
+from minigen.data import images as image_data
+from minigen.diffusion.ddpm import DDPMSchedule
+from minigen.latent.vae import ConvVAE, vae_loss
+from minigen.nets.unet import UNet
+from minigen.workbook.record import git_sha
 
 Run = Callable[[int, int], None]  # (seed, repetitions) -> None; timed from outside
 
@@ -71,8 +71,8 @@ class Config:
 
 def mnist_images(size: int) -> torch.Tensor:
     """MNIST-5k training images at ``size`` x ``size`` in [-1, 1]: (4000, 1, size, size)."""
-    (x, _), _ = data.load_mnist_5k()
-    return data.to_unit_interval(data.downsample_mnist(x, size), 256)
+    (x, _), _ = image_data.load_mnist_5k()
+    return image_data.to_unit_interval(image_data.downsample_mnist(x, size), 256)
 
 
 def batches(images: torch.Tensor, batch: int) -> Callable[[torch.Generator], torch.Tensor]:
@@ -98,7 +98,7 @@ def ddpm_train_step(model: UNet, cfg: Config, draw: Callable, cond: bool = False
         gen = torch.Generator().manual_seed(seed)
         for _ in range(k):
             x0 = draw(gen)
-            eps_model = (lambda x, t: model(x, t, cond_image=x0)) if cond else model
+            eps_model = (lambda x, t, x0=x0: model(x, t, cond_image=x0)) if cond else model
             per_sample, _ = schedule.l_simple(eps_model, x0, gen)
             loss = per_sample.mean()
             opt.zero_grad(set_to_none=True)

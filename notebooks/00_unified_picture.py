@@ -36,7 +36,7 @@
 # the path, and maps the time conventions of the papers onto ours.
 
 # %% tags=["parameters"]
-from minigen.record import quick_from_env
+from minigen.workbook.record import quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
@@ -47,11 +47,11 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from minigen import paths as P
-from minigen.gaussian import GaussianTarget
-from minigen.record import ResultsTable, metric, record
-from minigen.solvers import integrate
-from minigen.viz import show_source
+from minigen.eval.gaussian import GaussianTarget
+from minigen.recipe import paths as P
+from minigen.recipe.ode_solvers import integrate
+from minigen.workbook.record import ResultsTable, metric, record
+from minigen.workbook.viz import show_source
 
 t_start = time.perf_counter()
 # quick mode only shrinks the sample counts of the checks below (2000 vs 20000).
@@ -118,7 +118,7 @@ fig.tight_layout()
 # a $2\times2$ linear system, so each one gives the others exactly (the score and
 # $\varepsilon$ only when the source is $\mathcal N(0,I)$). For a Gaussian target
 # $\mathcal N(\mu,\Sigma)$ all four are known in closed form
-# ({py:mod}`minigen.gaussian`), so we can check the conversions against the truth.
+# ({py:mod}`minigen.eval.gaussian`), so we can check the conversions against the truth.
 
 # %%
 show_source(P.GaussianPath.convert)
@@ -168,7 +168,7 @@ for name, p in paths.items():
     x0 = p.prior_sample((n_check, 2), g).double()
     lo, hi = p.t_min, min(p.t_max, 1 - 1e-4)
     # integrate on [0, hi]; the VP linear-beta velocity is singular at t = 1
-    x1 = integrate(lambda x, t: target.velocity(p, x, t), x0, "rk4", 200, lo, hi).x
+    x1 = integrate(lambda x, t, p=p: target.velocity(p, x, t), x0, "rk4", 200, lo, hi).x
     mean_err[name] = float((x1.mean(0) - target.mu).norm())
     cov_err[name] = float((torch.cov(x1.T) - target.cov).norm())
     print(f"{name:10s} |mean - mu| = {mean_err[name]:.3f}   |cov - Sigma|_F = {cov_err[name]:.3f}")
@@ -231,5 +231,5 @@ ResultsTable(metrics)
 # 2. Derive `x1_from_velocity` from the $2\times2$ system above and find the $t$ where it is
 #    ill-conditioned for the VP linear-β path.
 # 3. For the Gaussian target, compute the straightness of the marginal-velocity
-#    trajectories for each path with `minigen.metrics.straightness`. Which path is
+#    trajectories for each path with `minigen.eval.metrics.straightness`. Which path is
 #    straightest, and why is none of them exactly straight?

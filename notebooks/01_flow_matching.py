@@ -45,7 +45,7 @@
 # gets close (Tong et al., 2024; Pooladian et al., 2023).
 
 # %% tags=["parameters"]
-from minigen.record import quick_from_env
+from minigen.workbook.record import quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
@@ -65,14 +65,15 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import HTML, display
 
-from minigen import data, objectives
-from minigen.likelihood import log_likelihood, standard_normal_log_prob
-from minigen.metrics import normalized_path_energy, path_energy, w2sq_at_steps, wasserstein2_squared
-from minigen.nets import MLP
-from minigen.record import ResultsTable, metric, record
-from minigen.solvers import sample
+from minigen.data import toy2d
+from minigen.eval.metrics import normalized_path_energy, path_energy, w2sq_at_steps, wasserstein2_squared
+from minigen.nets.mlp import MLP
+from minigen.recipe import objectives
+from minigen.recipe.likelihood import log_likelihood, standard_normal_log_prob
+from minigen.recipe.ode_solvers import sample
 from minigen.train import train
-from minigen.viz import (
+from minigen.workbook.record import ResultsTable, metric, record
+from minigen.workbook.viz import (
     animation_html,
     log_density_image,
     scatter,
@@ -116,13 +117,13 @@ for pair, methods in METHODS.items():
 g = torch.Generator().manual_seed(seed)
 fig, axes = plt.subplots(1, 4, figsize=(10, 2.6))
 for ax, name in zip(axes, ["normal", "8gaussians", "moons", "checkerboard"]):
-    scatter(ax, data.sample_2d(name, 2000, g), title=name)
+    scatter(ax, toy2d.sample_2d(name, 2000, g), title=name)
 fig.tight_layout()
 
 # %% [markdown]
 # ## The variants are one field apart
 #
-# Every variant is {py:class}`minigen.objectives.CFM` with one part changed: the coupling
+# Every variant is {py:class}`minigen.recipe.objectives.CFM` with one part changed: the coupling
 # (exact OT via the Hungarian algorithm, or a few Sinkhorn iterations), per-pair Gibbs
 # weights $w=e^{-\|x_1-x_0\|^2/\varepsilon}$ (W-CFM), or a bridge path with noise
 # $s\sqrt{t(1-t)}\,z$ plus the entropic coupling with $\text{reg}=2s^2$ (SB-CFM).
@@ -152,8 +153,8 @@ for pair, (src, dst) in PAIRS.items():
                                      gibbs_eps=GIBBS_EPS[pair])
         torch.manual_seed(seed)  # same initial weights for every method
         net = MLP(2, width=64, depth=3, activation="selu")
-        batch = lambda gen, s=src, d=dst: (data.sample_2d(s, batch_size, gen),
-                                           data.sample_2d(d, batch_size, gen))
+        batch = lambda gen, s=src, d=dst: (toy2d.sample_2d(s, batch_size, gen),
+                                           toy2d.sample_2d(d, batch_size, gen))
         res = train(net, cfm.loss, batch, steps=n_steps, lr=1e-3, seed=seed,
                     ema_decay=ema_decay, per_t_bins=10, progress=False, device="cpu")
         models[pair, method] = res.ema
@@ -191,15 +192,15 @@ fig.tight_layout()
 eval_gen = torch.Generator().manual_seed(seed + 1000)
 evals = {}
 for pair, (src, dst) in PAIRS.items():
-    x0 = data.sample_2d(src, n_eval, eval_gen)
-    x1 = data.sample_2d(dst, n_eval, eval_gen)
+    x0 = toy2d.sample_2d(src, n_eval, eval_gen)
+    x1 = toy2d.sample_2d(dst, n_eval, eval_gen)
     w2_src = wasserstein2_squared(x0, x1)
     for method in METHODS[pair]:
         v = models[pair, method]
         r = w2sq_at_steps(v, x0, x1)
         r["npe"] = normalized_path_energy(path_energy(v, x0, 100), w2_src)
         evals[pair, method] = r
-    floor = wasserstein2_squared(data.sample_2d(dst, n_eval, eval_gen), x1)
+    floor = wasserstein2_squared(toy2d.sample_2d(dst, n_eval, eval_gen), x1)
     evals[pair, "floor"] = floor
     print(f"{pair}: W2²(source, target) = {w2_src:.2f}; two fresh data samples: W2² = {floor:.4f}")
     print(f"  {'method':15s}" + "".join(f"{k:>9s}" for k in ["euler1", "euler2", "euler4", "euler8",
@@ -228,7 +229,7 @@ for pair, (src, dst) in PAIRS.items():
 
 # %%
 pair = "8gaussians-moons"
-x0 = data.sample_2d("8gaussians", 1000, eval_gen)
+x0 = toy2d.sample_2d("8gaussians", 1000, eval_gen)
 shown = [m for m in ("icfm", "otcfm", "wcfm", "sbcfm") if m in METHODS[pair]]
 fig, axes = plt.subplots(2, len(shown), figsize=(3 * len(shown), 6))
 for j, method in enumerate(shown):
@@ -295,7 +296,7 @@ show_source(log_likelihood)
 
 # %%
 ll_gen = torch.Generator().manual_seed(seed + 2000)
-x_test = data.checkerboard(ll_points, ll_gen)
+x_test = toy2d.checkerboard(ll_points, ll_gen)
 true_nll = math.log(32.0)
 ll_steps = 20 if quick else 50
 nll = {}
@@ -311,7 +312,7 @@ print(f"icfm     test NLL with the Hutchinson estimator: {hutch:.3f}")
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(6.4, 3.2))
-log_density_image(axes[0], data.checkerboard_log_density, title="true density")
+log_density_image(axes[0], toy2d.checkerboard_log_density, title="true density")
 v = models["normal-checkerboard", "icfm"]
 log_density_image(axes[1], lambda p: log_likelihood(v, p, standard_normal_log_prob, steps=ll_steps),
                   n=grid, title="I-CFM density (exact CNF)")

@@ -25,7 +25,7 @@
 #
 # **Time.** DDPM counts steps $k=0,\dots,T$ with $k=0$ the data. minigen's time runs the
 # other way, $t = 1-k/T$ ($t=0$ noise, $t=1$ data, DESIGN.md), and every network takes
-# minigen's $t$. `minigen.ddpm` keeps the paper's $k$ and names ($x_0$ is the data there).
+# minigen's $t$. `minigen.diffusion.ddpm` keeps the paper's $k$ and names ($x_0$ is the data there).
 #
 # ## The forward chain, its marginals and its posterior
 #
@@ -69,7 +69,9 @@
 # steps, where the sample's shape is decided.
 
 # %% tags=["parameters"]
-from minigen.record import quick_from_env
+from minigen.data import images, toy2d
+from minigen.eval import bits
+from minigen.workbook.record import quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
@@ -105,14 +107,27 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from minigen import data, fd
-from minigen.ddpm import DDPMSchedule, LevelDecoder, unit_interval_bins, velocity_from_epsilon_model
-from minigen.metrics import wasserstein2_squared
-from minigen.nets import MLP, UNet
-from minigen.record import ResultsTable, metric, record
-from minigen.solvers import integrate
+from minigen.diffusion.ddpm import DDPMSchedule
+from minigen.diffusion.ddpm_bound import (
+    decoder_nll,
+    decoder_nll_continuous,
+    fitted_decoder_std,
+    fitted_level_decoder,
+    fitted_step_variances,
+    nll_bound,
+    prior_kl,
+    step_kl,
+)
+from minigen.eval import fd
+from minigen.eval.bits import LevelDecoder, unit_interval_bins
+from minigen.eval.metrics import wasserstein2_squared
+from minigen.nets.mlp import MLP
+from minigen.nets.unet import UNet
+from minigen.recipe.ode_solvers import integrate
+from minigen.recipe.wrappers import velocity_from_epsilon_model
 from minigen.train import pick_device, train
-from minigen.viz import scatter, show_source
+from minigen.workbook.record import ResultsTable, metric, record
+from minigen.workbook.viz import scatter, show_source
 
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
@@ -188,17 +203,17 @@ def eps_loss(kind):
 
 toy_models, toy_eval = {}, {}
 g_eval = torch.Generator().manual_seed(seed + 1000)
-x_test = data.sample_2d(toy, n_eval, g_eval)
-floor = wasserstein2_squared(data.sample_2d(toy, n_eval, g_eval), x_test)
+x_test = toy2d.sample_2d(toy, n_eval, g_eval)
+floor = wasserstein2_squared(toy2d.sample_2d(toy, n_eval, g_eval), x_test)
 for kind in ("simple", "vlb"):
     for s in range(toy_seeds):
         torch.manual_seed(seed + s)  # the initial weights: the same for both losses
         res = train(MLP(2, width=toy_width, depth=3), eps_loss(kind),
-                    lambda gen: (data.sample_2d(toy, toy_batch, gen),),
+                    lambda gen: (toy2d.sample_2d(toy, toy_batch, gen),),
                     steps=toy_steps, lr=1e-3, ema_decay=ema_decay, seed=seed + s, progress=False)
         m = res.ema
         with torch.no_grad():
-            nll = S.nll_bound(m, x_test, torch.Generator().manual_seed(s), bin_width=None,
+            nll = nll_bound(S, m, x_test, torch.Generator().manual_seed(s), bin_width=None,
                               terms=toy_nll_terms)
             xs = S.ancestral_sample(m, (n_eval, 2), torch.Generator().manual_seed(s))
         toy_models[kind, s] = m
@@ -239,7 +254,7 @@ for kind in ("simple", "vlb"):
     m = toy_models[kind, 0]
     gk = torch.Generator().manual_seed(7)
     with torch.no_grad():
-        terms = [float(S.step_kl(m, x_test[:500], int(j),
+        terms = [float(step_kl(S, m, x_test[:500], int(j),
                                  torch.randn(x_test[:500].shape, generator=gk)).mean()) for j in kk]
     ax.loglog(kk, terms, label=kind)
 ax.set_xlabel("DDPM step k")
@@ -251,8 +266,8 @@ gk = torch.Generator().manual_seed(8)
 with torch.no_grad():
     for kind in ("simple", "vlb"):
         m = toy_models[kind, 0]
-        l_T = float(S.prior_kl(x_test).mean())
-        l_0 = float(S.decoder_nll_continuous(m, x_test, torch.randn(x_test.shape, generator=gk)).mean())
+        l_T = float(prior_kl(S, x_test).mean())
+        l_0 = float(decoder_nll_continuous(S, m, x_test, torch.randn(x_test.shape, generator=gk)).mean())
         print(f"{kind:6s}: L_T {l_T:.4f} + sum L_(k-1) {toy_eval[kind, 0]['nll'] - l_T - l_0:.3f}"
               f" + L_0 {l_0:.3f} = {toy_eval[kind, 0]['nll']:.3f} nats")
 
@@ -267,7 +282,7 @@ m = toy_models["simple", 0]
 # sigma² = beta_k is the default: its bound and chain (same seeds) are the ones measured above
 variance_eval = {"beta": {key: toy_eval["simple", 0][key] for key in ("nll", "w2sq")}}
 with torch.no_grad():
-    nll_v = float(S.nll_bound(m, x_test, torch.Generator().manual_seed(0), variance="beta_tilde",
+    nll_v = float(nll_bound(S, m, x_test, torch.Generator().manual_seed(0), variance="beta_tilde",
                               bin_width=None, terms=toy_nll_terms).mean())
     xs_v = S.ancestral_sample(m, (n_eval, 2), torch.Generator().manual_seed(0), variance="beta_tilde")
 variance_eval["beta_tilde"] = {"nll": nll_v, "w2sq": wasserstein2_squared(xs_v, x_test)}
@@ -302,7 +317,7 @@ with torch.no_grad():
         sol = integrate(v, noise, "heun", n // 2, 0.0, path.t_max)
         samplers[f"ODE Heun {n} NFE"] = (sol.x, sol.nfe)
 sampler_w2 = {name: wasserstein2_squared(xs, x_test) for name, (xs, _) in samplers.items()}
-for name, (xs, nfe) in samplers.items():
+for name, (_xs, nfe) in samplers.items():
     print(f"{name:20s} NFE {nfe:5d}  W2² {sampler_w2[name]:.4f}")
 
 # %%
@@ -328,7 +343,7 @@ print(f"epsilon -> velocity -> epsilon: max error {conv_err:.1e}")
 # passes; we sample with DDIM, a strided ancestral chain and the ODE instead.
 #
 # Sample quality is measured with a small MNIST classifier trained once on the same
-# training split (`minigen.fd`): the Fréchet distance of its features (FD) and k-NN
+# training split (`minigen.eval.fd`): the Fréchet distance of its features (FD) and k-NN
 # precision/recall, each beside the real-vs-real floor (training vs test images, same
 # count), its confidence on the samples and the class histogram.
 
@@ -415,7 +430,7 @@ fig.tight_layout()
 # The decoder $L_0$ integrates $p_\theta(x_0\mid x_1)$ over each grey level's bin (eq. 13),
 # so the bound is a codelength for the *discrete* images: bits/dim on the 0..255 scale with
 # no change of variables, directly comparable with a dequantised density's bits/dim
-# (`data.bits_per_dim`), which bounds the discrete NLL from above. The 998 middle terms are
+# (`bits.bits_per_dim`), which bounds the discrete NLL from above. The 998 middle terms are
 # estimated per image from `nll_terms` strata of $k$, geometric in width (one $k$ drawn in
 # each; unbiased): the terms are largest and change fastest near the data, where the strata
 # are one step wide. The spread over images gives the error bar. The baseline is an
@@ -431,7 +446,7 @@ fig.tight_layout()
 # the posterior variance plus the network's own mean error — the per-step form of the
 # learned variances of Nichol & Dhariwal (2021) and, for an exact mean, of Analytic-DPM's
 # optimal variance (Bao et al., 2022). We measure it on *training* images at 50 steps
-# (`DDPMSchedule.fitted_step_variances`), and fit the decoder's standard deviation the same
+# (`ddpm_bound.fitted_step_variances`), and fit the decoder's standard deviation the same
 # way (`fitted_decoder_std`; Ho et al. fix it at $\sqrt{\beta_1}=0.01$, wider than a grey
 # level's bin, $2/256$), then evaluate on the *test* images. Both the $L_\text{simple}$
 # U-Net and its copy fine-tuned on the bound are evaluated with all three variance choices.
@@ -451,18 +466,18 @@ fig.tight_layout()
 # `fitted_levels` uses it with the fitted variances; only $L_0$ changes.
 
 # %%
-show_source(DDPMSchedule.fitted_step_variances)
+show_source(fitted_step_variances)
 
 # %%
 show_source(LevelDecoder.log_prob)
 
 # %%
-(lv_tr, _), (lv_te, _) = data.load_mnist_5k()
+(lv_tr, _), (lv_te, _) = images.load_mnist_5k()
 if image_size != 28:
-    lv_tr, lv_te = data.downsample_mnist(lv_tr, image_size), data.downsample_mnist(lv_te, image_size)
+    lv_tr, lv_te = images.downsample_mnist(lv_tr, image_size), images.downsample_mnist(lv_te, image_size)
 dims = image_size * image_size
 bins = unit_interval_bins(256)
-x_nll = data.to_unit_interval(lv_te[:nll_images], 256)
+x_nll = images.to_unit_interval(lv_te[:nll_images], 256)
 x_fit = x_train[torch.randperm(len(x_train), generator=torch.Generator().manual_seed(seed + 5))[:fit_images]]
 bpd_models, fitted = {}, {}
 
@@ -477,13 +492,13 @@ def bound_settings(name, var):
 
 for name, model in (("L_simple", unet), ("bound-tuned", unet_vlb)):
     with torch.no_grad():
-        fitted[name] = (S.fitted_step_variances(model, x_fit, torch.Generator().manual_seed(seed + 6), fit_grid),
-                        S.fitted_decoder_std(model, x_fit, torch.Generator().manual_seed(seed + 7), **bins),
-                        S.fitted_level_decoder(model, x_fit, torch.Generator().manual_seed(seed + 7)))
+        fitted[name] = (fitted_step_variances(S, model, x_fit, torch.Generator().manual_seed(seed + 6), fit_grid),
+                        fitted_decoder_std(S, model, x_fit, torch.Generator().manual_seed(seed + 7), **bins),
+                        fitted_level_decoder(S, model, x_fit, torch.Generator().manual_seed(seed + 7)))
     for var in ("beta", "beta_tilde", "fitted", "fitted_levels"):
         variance, dec_std, level_decoder = bound_settings(name, var)
         with torch.no_grad():
-            bound = S.nll_bound(model, x_nll, torch.Generator().manual_seed(seed + 3), terms=nll_terms,
+            bound = nll_bound(S, model, x_nll, torch.Generator().manual_seed(seed + 3), terms=nll_terms,
                                 variance=variance, decoder_std=dec_std, decoder=level_decoder, **bins)
         b = bound / (dims * math.log(2))
         bpd_models[name, var] = (float(b.mean()), float(b.std()) / math.sqrt(len(b)))
@@ -492,7 +507,7 @@ for name, model in (("L_simple", unet), ("bound-tuned", unet_vlb)):
     print(f"  fitted decoder std {fitted[name][1]:.4f} (Ho et al.: {math.sqrt(float(S.betas[1])):.4f}); "
           f"level decoder std {fitted[name][2].std:.4f}")
 (bpd, bpd_se) = min(bpd_models.values())
-bpd_pixel = data.independent_pixel_bits_per_dim(lv_tr, lv_te, 256)
+bpd_pixel = bits.independent_pixel_bits_per_dim(lv_tr, lv_te, 256)
 print(f"independent per-pixel categorical: {bpd_pixel:.3f} bits/dim")
 print("published 28x28 MNIST: RealNVP 1.06, Glow 1.05, FFJORD 0.99 bits/dim")
 
@@ -504,9 +519,9 @@ best_model = {"L_simple": unet, "bound-tuned": unet_vlb}[best_name]
 variance, dec_std, level_decoder = bound_settings(best_name, best_var)
 g_dec = torch.Generator().manual_seed(seed + 8)
 with torch.no_grad():
-    bpd_l0 = float(S.decoder_nll(best_model, x_nll, torch.randn(x_nll.shape, generator=g_dec), std=dec_std,
+    bpd_l0 = float(decoder_nll(S, best_model, x_nll, torch.randn(x_nll.shape, generator=g_dec), std=dec_std,
                                  decoder=level_decoder, **bins).mean()) / (dims * math.log(2))
-    bpd_first = sum(float(S.step_kl(best_model, x_nll, k, torch.randn(x_nll.shape, generator=g_dec),
+    bpd_first = sum(float(step_kl(S, best_model, x_nll, k, torch.randn(x_nll.shape, generator=g_dec),
                                     variance).mean()) for k in range(2, 13)) / (dims * math.log(2))
 print(f"best bound ({best_name}, {best_var}) {bpd:.3f} bits/dim = L_0 {bpd_l0:.3f} "
       f"+ steps 2..12 {bpd_first:.3f} + the rest {bpd - bpd_l0 - bpd_first:.3f}")
@@ -536,7 +551,7 @@ fig.tight_layout()
 # $\hat y=\text{dec}(z)$, then the conditional chain refines $\hat y$ into a sharp image.
 
 # %%
-from minigen.vae import ConvVAE, vae_loss  # noqa: E402
+from minigen.latent.vae import ConvVAE, vae_loss  # noqa: E402
 
 torch.manual_seed(seed)
 res_vae = train(ConvVAE(image_size=image_size), vae_loss, image_batch_sampler, steps=vae_steps,

@@ -59,7 +59,9 @@
 #   $\sigma(t)=\sigma_\max(\sigma_\min/\sigma_\max)^t$, $f=0$.
 
 # %% tags=["parameters"]
-from minigen.record import quick_from_env
+from minigen.data import images, toy2d
+from minigen.eval import bits
+from minigen.workbook.record import quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
@@ -99,33 +101,27 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from minigen import data, fd
-from minigen.ddpm import LevelDecoder
-from minigen.metrics import wasserstein2_squared
-from minigen.nets import MLP, UNet
-from minigen.paths import VEPath
-from minigen.record import ResultsTable, metric, record
-from minigen.score import (
+from minigen.diffusion.score_matching import (
     DenoisingScoreMatching,
-    LikelihoodTimeSampler,
     denoise,
     discrete_nll_bound,
     probability_flow_log_likelihood,
     time_at_sigma,
 )
-from minigen.sde import (
-    SDE,
-    VESDE,
-    VPSDE,
-    SubVPSDE,
-    euler_maruyama,
-    langevin_corrector_step,
-    predictor_corrector,
-    probability_flow_velocity,
-)
-from minigen.solvers import integrate
+from minigen.eval import fd
+from minigen.eval.bits import LevelDecoder
+from minigen.eval.metrics import wasserstein2_squared
+from minigen.nets.mlp import MLP
+from minigen.nets.unet import UNet
+from minigen.recipe.ode_solvers import integrate
+from minigen.recipe.paths import VEPath
+from minigen.recipe.sde import SDE, VESDE, VPSDE, SubVPSDE
+from minigen.recipe.sde_solvers import euler_maruyama, langevin_corrector_step, predictor_corrector
+from minigen.recipe.time_samplers import LikelihoodTimeSampler
+from minigen.recipe.wrappers import probability_flow_velocity
 from minigen.train import train
-from minigen.viz import scatter, show_source
+from minigen.workbook.record import ResultsTable, metric, record
+from minigen.workbook.viz import scatter, show_source
 
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
@@ -160,7 +156,7 @@ print(f"{mode}: 2D {toy}, {len(CONFIGS_2D)} configurations x {seeds} seed(s) x {
 # %% [markdown]
 # ### The three SDE objects
 #
-# The SDE classes of {py:mod}`minigen.sde` take a path and derive the rest; the forward drift
+# The SDE classes of {py:mod}`minigen.recipe.sde` take a path and derive the rest; the forward drift
 # and diffusion, the marginal, and the prior are one screen:
 
 # %%
@@ -199,7 +195,7 @@ for name, sde in SDES.items():
 
 # %%
 g_fwd = torch.Generator().manual_seed(seed + 10)
-x1_fwd = data.sample_2d(toy, 4000, g_fwd).double()
+x1_fwd = toy2d.sample_2d(toy, 4000, g_fwd).double()
 fwd_std = {}
 for name, sde in SDES.items():
     times = torch.linspace(sde.t_max, sde.t_min, fwd_steps + 1, dtype=torch.float64)
@@ -268,7 +264,7 @@ models_2d, dsm_2d, ms_2d = {}, {}, {}
 for cfg, (sde_name, weighting, imp) in CONFIGS_2D.items():
     dsm_2d[cfg] = DenoisingScoreMatching(SDES[sde_name], weighting, importance_sampling=imp)
     for s in range(1 if cfg == "ve" else seeds):
-        res = train(make_mlp(seed + s), dsm_2d[cfg].loss, lambda g: (data.sample_2d(toy, batch_2d, g),),
+        res = train(make_mlp(seed + s), dsm_2d[cfg].loss, lambda g: (toy2d.sample_2d(toy, batch_2d, g),),
                     steps=steps_2d, lr=1e-3, seed=seed + s, ema_decay=ema_decay, progress=False, device="cpu")
         models_2d[cfg, s] = res.ema
         ms_2d[cfg, s] = res.ms_per_step
@@ -290,7 +286,7 @@ for (cfg, s), ms in ms_2d.items():
 #   =\alpha'\hat x_1+\sigma'\hat\epsilon ,$$
 #
 # the same field. We check it on the trained seed-0 models, together with the round trip
-# $\epsilon\to$ score $\to$ velocity $\to\epsilon$ through {py:meth}`minigen.paths.GaussianPath.convert`.
+# $\epsilon\to$ score $\to$ velocity $\to\epsilon$ through {py:meth}`minigen.recipe.paths.GaussianPath.convert`.
 
 # %%
 g_conv = torch.Generator().manual_seed(seed + 20)
@@ -302,7 +298,7 @@ for cfg in ("vp", "subvp", "ve"):
     t = sde.t_min + (sde.t_max - sde.t_min) * torch.rand(1000, generator=g_conv, dtype=torch.float64)
     with torch.no_grad():
         eps = net(x.float(), t.float()).double()
-        score_fn = dsm_2d[cfg].score(lambda xx, tt: net(xx.float(), tt.float()).double())
+        score_fn = dsm_2d[cfg].score(lambda xx, tt, net=net: net(xx.float(), tt.float()).double())
         v_sde = probability_flow_velocity(sde, score_fn)(x, t)
     v_path = path.convert(eps, x, t, "epsilon", "velocity")
     score = path.convert(eps, x, t, "epsilon", "score")
@@ -316,7 +312,7 @@ for cfg in ("vp", "subvp", "ve"):
 # ## Three samplers
 #
 # All start from the prior at $t=0$ and end with one Tweedie denoising step at $t_\max$
-# ({py:func}`minigen.score.denoise`):
+# ({py:func}`minigen.diffusion.score_matching.denoise`):
 #
 # * **Euler–Maruyama** on the reverse-time SDE, $x_{t+h}=x_t+h[-f+g^2 s_\theta]+g\sqrt h\,z$;
 # * **predictor–corrector** (Song et al., 2021, Alg. 1): the same predictor followed by one
@@ -356,13 +352,13 @@ def sample_with(sampler, sde, net, n, gen, nfe, shape_tail=(2,)):
 
 def off_support(x):
     """Fraction of 2D samples outside the checkerboard's 8 squares (0 for the data)."""
-    return float((~torch.isfinite(data.checkerboard_log_density(x))).double().mean())
+    return float((~torch.isfinite(toy2d.checkerboard_log_density(x))).double().mean())
 
 
 SAMPLERS = ("em", "pc", "ode")
 g_eval = torch.Generator().manual_seed(seed + 1000)
-x_ref = data.sample_2d(toy, n_eval, g_eval)
-w2_floor = wasserstein2_squared(data.sample_2d(toy, n_eval, g_eval), x_ref)
+x_ref = toy2d.sample_2d(toy, n_eval, g_eval)
+w2_floor = wasserstein2_squared(toy2d.sample_2d(toy, n_eval, g_eval), x_ref)
 w2_prior = wasserstein2_squared(torch.randn(n_eval, 2, generator=g_eval), x_ref)
 samples_2d, w2, leak = {}, {}, {}
 for cfg in ("vp", "subvp", "ve"):
@@ -439,7 +435,7 @@ show_source(probability_flow_log_likelihood)
 
 # %%
 g_ll = torch.Generator().manual_seed(seed + 2000)
-x_ll = data.sample_2d(toy, ll_points, g_ll)
+x_ll = toy2d.sample_2d(toy, ll_points, g_ll)
 nll_2d = {}
 for (cfg, s), net in models_2d.items():
     sde = SDES[CONFIGS_2D[cfg][0]]
@@ -503,14 +499,14 @@ for a, b in comparisons:
 # SDE (VP and sub-VP, variance weighting, same seed) and compare their test bits/dim.
 
 # %%
-(dg_tr, _), (dg_te, _) = data.load_digits_8x8()
+(dg_tr, _), (dg_te, _) = images.load_digits_8x8()
 K_DIGITS = 17
 
 
 def image_batch_sampler(levels, n_levels, batch):
     def sample_batch(g):
         idx = torch.randint(0, len(levels), (batch,), generator=g)
-        return (data.dequantize(levels[idx], n_levels, g),)
+        return (images.dequantize(levels[idx], n_levels, g),)
     return sample_batch
 
 
@@ -521,12 +517,12 @@ def make_unet(s, base):
 
 def image_bits_per_dim(sde, net, levels, n_levels, gen, steps, warp=ll_warp):
     """Test bits/dim through the probability-flow ODE (Hutchinson) on dequantised levels: (N,)."""
-    y = data.dequantize(levels, n_levels, gen)
+    y = images.dequantize(levels, n_levels, gen)
     score = DenoisingScoreMatching(sde).score(eps_fn(net))
     logp = torch.cat([probability_flow_log_likelihood(sde, score, y[i:i + 100], steps=steps, warp=warp,
                                                       estimator="hutchinson", generator=gen)
                       for i in range(0, len(y), 100)])
-    return data.bits_per_dim(logp, y[0].numel(), n_levels)
+    return bits.bits_per_dim(logp, y[0].numel(), n_levels)
 
 
 digit_models, bpd_digits, ms_digits = {}, {}, {}
@@ -538,7 +534,7 @@ for name in ("vp", "subvp"):
     bpd = image_bits_per_dim(SDES[name], res.ema, dg_te[:ll_digits], K_DIGITS,
                              torch.Generator().manual_seed(seed + 3000), ll_steps_images)
     bpd_digits[name] = (float(bpd.mean()), float(bpd.std() / math.sqrt(len(bpd))))
-bpd_digits_baseline = data.independent_pixel_bits_per_dim(dg_tr, dg_te[:ll_digits], K_DIGITS)
+bpd_digits_baseline = bits.independent_pixel_bits_per_dim(dg_tr, dg_te[:ll_digits], K_DIGITS)
 for name, (m, se) in bpd_digits.items():
     print(f"digits 8x8 {name:6s}: {m:.3f} ± {se:.3f} (s.e.) bits/dim on {ll_digits} dequantised test images")
 print(f"independent per-pixel categorical: {bpd_digits_baseline:.3f} bits/dim; uniform: {math.log2(K_DIGITS):.3f}")
@@ -556,15 +552,15 @@ for name, ms in ms_digits.items():
 # One U-Net on MNIST-5k downsampled to `image_size` (14×14 on a CPU; 28×28 is the GPU-sized
 # setting) with the sub-VP SDE and the variance weighting, trained on dequantised levels. We
 # draw `n_images` samples with each sampler at the same NFE, and read them with the cached
-# MNIST-5k classifier of {py:mod}`minigen.fd`: mean top-class probability (confidence), the class
+# MNIST-5k classifier of {py:mod}`minigen.eval.fd`: mean top-class probability (confidence), the class
 # histogram, and the Fréchet distance and k-NN precision/recall of its features, each as a ratio
 # to the same figure between two real sets of the same size (train vs test; the *floor*).
 
 # %%
 clf = fd.load_classifier(verbose=False)
-(mn_tr, _), (mn_te, _) = data.load_mnist_5k()
+(mn_tr, _), (mn_te, _) = images.load_mnist_5k()
 if image_size != 28:
-    mn_tr, mn_te = data.downsample_mnist(mn_tr, image_size), data.downsample_mnist(mn_te, image_size)
+    mn_tr, mn_te = images.downsample_mnist(mn_tr, image_size), images.downsample_mnist(mn_te, image_size)
 img_sde = SDES["subvp"]
 res = train(make_unet(seed, unet_base), DenoisingScoreMatching(img_sde).loss,
             image_batch_sampler(mn_tr, 256, image_batch), steps=image_steps, lr=image_lr, lr_schedule="cosine",
@@ -649,7 +645,7 @@ fig.tight_layout()
 bpd_img = image_bits_per_dim(img_sde, img_net, mn_te[:ll_images], 256,
                              torch.Generator().manual_seed(seed + 5000), ll_steps_images)
 bpd_img_mean, bpd_img_se = float(bpd_img.mean()), float(bpd_img.std() / math.sqrt(len(bpd_img)))
-bpd_img_baseline = data.independent_pixel_bits_per_dim(mn_tr, mn_te[:ll_images], 256)
+bpd_img_baseline = bits.independent_pixel_bits_per_dim(mn_tr, mn_te[:ll_images], 256)
 print(f"MNIST-5k {image_size}x{image_size}, {ll_images} test images: probability-flow ODE "
       f"{bpd_img_mean:.3f} ± {bpd_img_se:.3f} (s.e.) bits/dim; independent per-pixel categorical "
       f"{bpd_img_baseline:.3f}; uniform 8.000")
@@ -696,12 +692,12 @@ def decoded_bits_per_dim(sde, net, levels, sigma, gen, n_fit=ll_fit_images):
     # discrete_nll_bound at sigma(t) = sigma, its decoder fitted on training images: (N,)
     t_dec = time_at_sigma(sde, sigma)
     a, s = float(sde.path.alpha(torch.tensor(t_dec))), float(sde.path.sigma(torch.tensor(t_dec)))
-    x_fit = data.to_unit_interval(mn_tr[torch.randperm(len(mn_tr), generator=gen)[:n_fit]], 256)
+    x_fit = images.to_unit_interval(mn_tr[torch.randperm(len(mn_tr), generator=gen)[:n_fit]], 256)
     x_noisy = a * x_fit + s * torch.randn(x_fit.shape, generator=gen)
     mean_fit = denoise(sde, eps_fn(net), x_noisy, t_dec)
     grid = torch.logspace(math.log10(s / a / 20), math.log10(4 * s / a), 21).tolist()
     decoder = LevelDecoder.fitted(x_fit, mean_fit, 256, grid)
-    x = data.to_unit_interval(levels, 256)
+    x = images.to_unit_interval(levels, 256)
     nats = torch.cat([discrete_nll_bound(sde, eps_fn(net), x[i:i + 100], decoder, t_dec, gen,
                                          steps=ll_steps_images, warp=ll_warp) for i in range(0, len(x), 100)])
     return nats / (x[0].numel() * math.log(2))
@@ -759,7 +755,7 @@ metrics["nll_2d_true_entropy"] = metric(true_nll, "nats", "lower")
 for (a, b), (m, sd) in diff_2d.items():
     metrics[f"nll_2d_diff_{a}_minus_{b}"] = metric(m, "nats", "lower")
     metrics[f"nll_2d_diff_{a}_minus_{b}_std"] = metric(sd, "nats", "lower")
-for name, (m, se) in bpd_digits.items():
+for name, (m, _se) in bpd_digits.items():
     metrics[f"bpd_digits_{name}"] = metric(m, "bits/dim", "lower")
 metrics["bpd_digits_independent_pixels"] = metric(bpd_digits_baseline, "bits/dim", "lower")
 for smp, m in img_metrics.items():

@@ -45,7 +45,7 @@
 # distributions: the **rectified coupling**. With independent $(X_0,X_1)$ this is
 # *1-rectified flow*, the I-CFM of chapter 01. *Reflow* trains the next flow on the pairs
 # $(Z_0,Z_1)$: this is a **model-induced coupling**, and in code it is one more coupling passed to
-# the same `CFM` and the same `train` ({py:class}`minigen.rectified.ReflowCoupling`).
+# the same `CFM` and the same `train` ({py:class}`minigen.transport.rectified.ReflowCoupling`).
 #
 # ## The transport-cost identity
 #
@@ -89,7 +89,8 @@
 # $Z_0\mapsto Z_0+v_\theta(Z_0,0)$ (Liu et al., §2.3).
 
 # %% tags=["parameters"]
-from minigen.record import quick_from_env
+from minigen.data import images, toy2d
+from minigen.workbook.record import quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
@@ -116,13 +117,17 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from minigen import data, fd
-from minigen.metrics import w2sq_at_steps, wasserstein2_squared
-from minigen.nets import MLP, PatchTransformer, UNet
-from minigen.objectives import CFM, mode_time_density, sample_time
-from minigen.paths import LinearPath, VPLinearBetaPath
-from minigen.record import ResultsTable, metric, record
-from minigen.rectified import (
+from minigen.eval import fd
+from minigen.eval.metrics import w2sq_at_steps, wasserstein2_squared
+from minigen.nets.mlp import MLP
+from minigen.nets.transformer import PatchTransformer
+from minigen.nets.unet import UNet
+from minigen.recipe.objectives import CFM
+from minigen.recipe.ode_solvers import integrate, sample
+from minigen.recipe.paths import LinearPath, VPLinearBetaPath
+from minigen.recipe.time_samplers import mode_time_density, sample_time
+from minigen.train import train
+from minigen.transport.rectified import (
     ReflowCoupling,
     ddim_sample,
     flow_terms,
@@ -130,9 +135,8 @@ from minigen.rectified import (
     identity_terms,
     model_pairs,
 )
-from minigen.solvers import integrate, sample
-from minigen.train import train
-from minigen.viz import scatter, show_source, trajectories
+from minigen.workbook.record import ResultsTable, metric, record
+from minigen.workbook.viz import scatter, show_source, trajectories
 
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
@@ -195,7 +199,7 @@ metrics["gauss_rf2_straightness"] = metric(gid2["straightness"], "", "lower")
 # ## 8 Gaussians to moons: three rounds of reflow and a distilled one-step model
 #
 # The source is a mixture, not a Gaussian, so the path is built with
-# `source_is_gaussian=False` and source points come from `data.sample_2d("8gaussians", ...)`.
+# `source_is_gaussian=False` and source points come from `toy2d.sample_2d("8gaussians", ...)`.
 # Each reflow round draws `n_pairs` fresh source points, pushes them through the previous flow
 # with RK4 to get pairs, and trains with those pairs as the coupling, warm-started from the
 # previous flow (as Liu et al. do). The distilled model starts from the last flow and regresses
@@ -206,7 +210,7 @@ show_source(ReflowCoupling)
 
 # %%
 lin = LinearPath(source_is_gaussian=False)
-src_batch = lambda gen: (data.sample_2d("8gaussians", batch_size, gen), data.sample_2d("moons", batch_size, gen))
+src_batch = lambda gen: (toy2d.sample_2d("8gaussians", batch_size, gen), toy2d.sample_2d("moons", batch_size, gen))
 
 
 def fit(objective, sample_batch, steps, init=None, seed_=seed):
@@ -225,11 +229,11 @@ flows = {"1-RF": fit(CFM(lin), src_batch, steps_rf1)}
 couplings = {}
 for k in (2, 3):
     prev = flows[f"{k - 1}-RF"]
-    z0, z1 = model_pairs(prev, data.sample_2d("8gaussians", n_pairs, pair_gen), "rk4", pair_steps)
+    z0, z1 = model_pairs(prev, toy2d.sample_2d("8gaussians", n_pairs, pair_gen), "rk4", pair_steps)
     couplings[k] = ReflowCoupling(z0, z1)
     flows[f"{k}-RF"] = fit(CFM(lin, coupling=couplings[k]), couplings[k].batch(batch_size),
                            steps_reflow, init=prev)
-z0, z1 = model_pairs(flows["3-RF"], data.sample_2d("8gaussians", n_pairs, pair_gen), "rk4", pair_steps)
+z0, z1 = model_pairs(flows["3-RF"], toy2d.sample_2d("8gaussians", n_pairs, pair_gen), "rk4", pair_steps)
 distill_pairs = ReflowCoupling(z0, z1)
 distill = CFM(lin, coupling=distill_pairs, time_sampler="constant", time_loc=0.0)  # t ≡ 0
 flows["3-RF distilled"] = fit(distill, distill_pairs.batch(batch_size), steps_distill, init=flows["3-RF"])
@@ -241,9 +245,9 @@ flows["3-RF distilled"] = fit(distill, distill_pairs.batch(batch_size), steps_di
 
 # %%
 eval_gen = torch.Generator().manual_seed(seed + 1000)
-x0e = data.sample_2d("8gaussians", n_eval, eval_gen)
-x1e = data.sample_2d("moons", n_eval, eval_gen)
-floor_2d = wasserstein2_squared(data.sample_2d("moons", n_eval, eval_gen), x1e)
+x0e = toy2d.sample_2d("8gaussians", n_eval, eval_gen)
+x1e = toy2d.sample_2d("moons", n_eval, eval_gen)
+floor_2d = wasserstein2_squared(toy2d.sample_2d("moons", n_eval, eval_gen), x1e)
 w2, ident = {}, {}
 for name, v in flows.items():
     w2[name] = w2sq_at_steps(v, x0e, x1e, steps=(1, 2, 4, 100))
@@ -368,7 +372,7 @@ show_source(ddim_sample)
 # %%
 vp = VPLinearBetaPath()
 gauss_lin = LinearPath()
-rd_batch = lambda gen: (torch.randn(batch_size, 2, generator=gen), data.sample_2d("moons", batch_size, gen))
+rd_batch = lambda gen: (torch.randn(batch_size, 2, generator=gen), toy2d.sample_2d("moons", batch_size, gen))
 teacher_obj = CFM(vp, prediction="epsilon")
 teacher = fit(teacher_obj, rd_batch, steps_rd)
 rz0, rz1 = model_pairs(teacher_obj.velocity(teacher), torch.randn(n_pairs, 2, generator=pair_gen),
@@ -383,7 +387,7 @@ for name, path, pred in (("(a) VP, ε", vp, "epsilon"), ("(a′) VP, x₁", vp, 
 
 # %%
 g0 = torch.randn(n_eval, 2, generator=eval_gen)
-g1 = data.sample_2d("moons", n_eval, eval_gen)
+g1 = toy2d.sample_2d("moons", n_eval, eval_gen)
 rd_w2 = {}
 for name, (net, path, pred) in rd.items():
     vel = lambda x, t, net=net, path=path, pred=pred: path.convert(net(x, t), x, t, pred, "velocity")
@@ -470,8 +474,8 @@ show_source(sample_time)
 # ratios to the floor mean much.
 
 # %%
-(xtr, _), (xte, _) = data.load_digits_8x8()
-dig_tr, dig_te = data.to_unit_interval(xtr, 17), data.to_unit_interval(xte, 17)
+(xtr, _), (xte, _) = images.load_digits_8x8()
+dig_tr, dig_te = images.to_unit_interval(xtr, 17), images.to_unit_interval(xte, 17)
 clf = fd.load_classifier(verbose=False)
 feat_te = fd.features(dig_te[:n_fd], clf)
 floor_gen = torch.Generator().manual_seed(seed + 3000)

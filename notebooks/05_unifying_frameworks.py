@@ -43,7 +43,7 @@
 # | time | $t=0$ source, $t=1$ data | same |
 #
 # We use the linear schedule ($\alpha=t$, $\sigma=1-t$) and the trigonometric one
-# ($\alpha=\sin\frac{\pi t}{2}$, $\sigma=\cos\frac{\pi t}{2}$) from `minigen.paths`, with
+# ($\alpha=\sin\frac{\pi t}{2}$, $\sigma=\cos\frac{\pi t}{2}$) from `minigen.recipe.paths`, with
 # $\gamma(t)=a\sqrt{t(1-t)}$ (the paper's $\sqrt{a' t(1-t)}$ with $a'=a^2$); $a\sin^2(\pi t)$
 # and $\gamma=0$ are also available. `paths.BridgePath` (SB-CFM, chapter 01) is the linear
 # interpolant with this $\gamma$ — a unit test checks they agree.
@@ -80,7 +80,7 @@
 # the Brownian $\gamma$; training times are clamped to $[10^{-3},1-10^{-3}]$.)
 
 # %% tags=["parameters"]
-from minigen.record import quick_from_env
+from minigen.workbook.record import quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
@@ -110,15 +110,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from minigen import data
-from minigen import generator_matching as gm
-from minigen import interpolants as si
-from minigen.metrics import wasserstein2_squared
-from minigen.nets import MLP
-from minigen.paths import LinearPath, VPCosinePath
-from minigen.record import ResultsTable, metric, record
+from minigen.data import toy2d
+from minigen.eval.metrics import wasserstein2_squared
+from minigen.nets.mlp import MLP
+from minigen.recipe.paths import LinearPath, VPCosinePath
 from minigen.train import train
-from minigen.viz import scatter, show_source
+from minigen.transport import generator_matching as gm
+from minigen.transport import interpolants as si
+from minigen.workbook.record import ResultsTable, metric, record
+from minigen.workbook.viz import scatter, show_source
 
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
@@ -210,8 +210,8 @@ interps, fields, eta_early, timings = {}, {}, {}, {}
 ckpt_dir = tempfile.TemporaryDirectory()  # eta's snapshot: train to eta_snapshot, then resume
 for pair, (src, dst, base) in PAIRS.items():
     interps[pair] = it = make_interpolant(base, src == "normal")
-    batch = lambda gen, s=src, d=dst: (data.sample_2d(s, batch_size, gen),  # noqa: E731
-                                       data.sample_2d(d, batch_size, gen))
+    batch = lambda gen, s=src, d=dst: (toy2d.sample_2d(s, batch_size, gen),  # noqa: E731
+                                       toy2d.sample_2d(d, batch_size, gen))
     for k in range(train_seeds):
         nets = []
         for j, objective in enumerate((si.velocity_objective(it), si.DenoiserObjective(it))):
@@ -247,15 +247,15 @@ w2 = {}  # (pair, eps) -> list over seeds
 samples, x1_evals = {}, {}
 for pair, (src, dst, _) in PAIRS.items():
     eval_gen = torch.Generator().manual_seed(seed + 1000)
-    x1_evals[pair] = x1_eval = data.sample_2d(dst, n_eval, eval_gen)
-    w2[pair, "floor"] = [wasserstein2_squared(data.sample_2d(dst, n_eval, eval_gen), x1_eval)]
+    x1_evals[pair] = x1_eval = toy2d.sample_2d(dst, n_eval, eval_gen)
+    w2[pair, "floor"] = [wasserstein2_squared(toy2d.sample_2d(dst, n_eval, eval_gen), x1_eval)]
     for eps in eps_list:
         w2[pair, eps] = []
         for k in range(train_seeds):
             b, eta = fields[pair, k]
             for r in range(sample_seeds):
                 gs = torch.Generator().manual_seed(seed + 2000 + 10 * k + r)
-                x = si.sample_sde(b, eta, interps[pair], data.sample_2d(src, n_eval, gs), eps,
+                x = si.sample_sde(b, eta, interps[pair], toy2d.sample_2d(src, n_eval, gs), eps,
                                   sde_steps, gs)
                 w2[pair, eps].append(wasserstein2_squared(x, x1_eval))
                 if k == 0 and r == 0:
@@ -321,13 +321,13 @@ for pair in PAIRS:
 fine, early = {}, {}  # (pair, eps) -> W2² over training seeds, same sampling seeds and source points
 if not quick:
     eps = eps_list[-1]
-    for pair, (src, dst, _) in PAIRS.items():
+    for pair, (src, _dst, _) in PAIRS.items():
         fine[pair, eps], early[pair, eps] = [], []
         for k in range(train_seeds):
             b, eta = fields[pair, k]
             for table, eta_k, n_steps in ((fine, eta, 5 * sde_steps), (early, eta_early[pair, k], sde_steps)):
                 gs = torch.Generator().manual_seed(seed + 2000 + 10 * k)
-                x = si.sample_sde(b, eta_k, interps[pair], data.sample_2d(src, n_eval, gs), eps, n_steps, gs)
+                x = si.sample_sde(b, eta_k, interps[pair], toy2d.sample_2d(src, n_eval, gs), eps, n_steps, gs)
                 table[pair, eps].append(wasserstein2_squared(x, x1_evals[pair]))
         print(f"{pair:20s} eps = {eps}: ODE {np.mean(w2[pair, 0.0]):.4f}; SDE {np.mean(w2[pair, eps]):.4f} "
               f"({sde_steps} steps, eta after {eta_steps} steps), {np.mean(fine[pair, eps]):.4f} "
@@ -365,7 +365,7 @@ def smooth_perturbation(generator: torch.Generator, n_features: int = 16, length
 
     def delta(x, t):
         return torch.sin(x @ w.T + t[:, None] * k + phi) @ c
-    x_ref = data.sample_2d("moons", 4000, generator)
+    x_ref = toy2d.sample_2d("moons", 4000, generator)
     rms = float(delta(x_ref, torch.rand(4000, generator=generator)).pow(2).sum(1).mean().sqrt())
     return lambda x, t: delta(x, t) / rms
 
@@ -375,7 +375,7 @@ rsrc, rdst, _ = PAIRS[rpair]
 delta = smooth_perturbation(torch.Generator().manual_seed(seed + 3000))
 b0, eta0 = fields[rpair, 0]
 r_gen = torch.Generator().manual_seed(seed + 3100)
-x1_r = data.sample_2d(rdst, n_robust, r_gen)
+x1_r = toy2d.sample_2d(rdst, n_robust, r_gen)
 robust = {}
 for eps in robust_eps:
     for level in perturb_levels:
@@ -383,7 +383,7 @@ for eps in robust_eps:
         vals = []
         for r in range(2 if quick else 3):
             gs = torch.Generator().manual_seed(seed + 3200 + r)
-            x = si.sample_sde(b_pert, eta0, interps[rpair], data.sample_2d(rsrc, n_robust, gs), eps,
+            x = si.sample_sde(b_pert, eta0, interps[rpair], toy2d.sample_2d(rsrc, n_robust, gs), eps,
                               sde_steps, gs)
             vals.append(wasserstein2_squared(x, x1_r))
         robust[eps, level] = vals

@@ -82,7 +82,8 @@
 # This decides which $D$ we sweep below.
 
 # %% tags=["parameters"]
-from minigen.record import quick_from_env
+from minigen.data import images, toy2d
+from minigen.workbook.record import quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
@@ -103,13 +104,14 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from minigen import data, fd
-from minigen import pfgmpp as P
-from minigen.metrics import wasserstein2_squared
-from minigen.nets import MLP, UNet
-from minigen.record import ResultsTable, metric, record
+from minigen.diffusion import pfgmpp as P
+from minigen.eval import fd
+from minigen.eval.metrics import wasserstein2_squared
+from minigen.nets.mlp import MLP
+from minigen.nets.unet import UNet
 from minigen.train import train
-from minigen.viz import scatter, show_source
+from minigen.workbook.record import ResultsTable, metric, record
+from minigen.workbook.viz import scatter, show_source
 
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
@@ -253,7 +255,7 @@ show_source(P.PFGMppLoss)
 
 # %%
 DATA2D = "checkerboard"
-ref = data.sample_2d(DATA2D, 20_000, torch.Generator().manual_seed(seed + 1))
+ref = toy2d.sample_2d(DATA2D, 20_000, torch.Generator().manual_seed(seed + 1))
 scale = 0.5 / ref.std().item()  # EDM's sigma_data = 0.5
 SMIN, SMAX = 0.002, 80.0
 models_2d, ms_2d = {}, {}
@@ -261,7 +263,7 @@ for D in D_2D:
     for s in range(seeds_2d):
         torch.manual_seed(seed + s)
         den = P.EDMDenoiser(MLP(2, width=128, depth=3, activation="silu"), sigma_data=0.5)
-        batch = lambda gen: (data.sample_2d(DATA2D, batch_2d, gen) * scale,)
+        batch = lambda gen: (toy2d.sample_2d(DATA2D, batch_2d, gen) * scale,)
         res = train(den, P.PFGMppLoss(D=D).loss, batch, steps=steps_2d, lr=1e-3, seed=seed + s,
                     ema_decay=ema_decay, progress=False, device="cpu")
         models_2d[D, s] = res.ema
@@ -282,9 +284,9 @@ def sample_2d_model(model, D, steps=18, alpha=0.0, sample_seed=0, n=n_eval):
     return P.sample(model, x0, steps=steps, sigma_min=SMIN, sigma_max=SMAX, noise=alpha, generator=gen).x / scale
 
 
-target = data.sample_2d(DATA2D, n_eval, torch.Generator().manual_seed(seed + 2))
-floor_2d = wasserstein2_squared(data.sample_2d(DATA2D, n_eval, torch.Generator().manual_seed(seed + 3)), target)
-on_board = lambda x: (data.checkerboard_log_density(x) > -math.inf).double().mean().item()
+target = toy2d.sample_2d(DATA2D, n_eval, torch.Generator().manual_seed(seed + 2))
+floor_2d = wasserstein2_squared(toy2d.sample_2d(DATA2D, n_eval, torch.Generator().manual_seed(seed + 3)), target)
+on_board = lambda x: (toy2d.checkerboard_log_density(x) > -math.inf).double().mean().item()
 fig, axes = plt.subplots(1, len(D_2D) + 1, figsize=(2.6 * (len(D_2D) + 1), 2.8))
 scatter(axes[0], target, title="data", s=2)
 for ax, D in zip(axes[1:], D_2D):
@@ -385,9 +387,9 @@ fig.tight_layout()
 # the same distance between as many training digits and the held-out ones.
 
 # %%
-(dg_tr, _), (dg_te, _) = data.load_digits_8x8()
-x_tr = data.to_unit_interval(torch.as_tensor(dg_tr), 17)
-x_te = data.to_unit_interval(torch.as_tensor(dg_te), 17)
+(dg_tr, _), (dg_te, _) = images.load_digits_8x8()
+x_tr = images.to_unit_interval(torch.as_tensor(dg_tr), 17)
+x_te = images.to_unit_interval(torch.as_tensor(dg_te), 17)
 clf = fd.load_classifier(verbose=False)
 feat_te = fd.features(x_te, clf)
 fd_floor = fd.frechet_distance(

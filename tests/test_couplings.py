@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from minigen import couplings
+from minigen.recipe import couplings
 
 torch.set_num_threads(1)
 F64 = torch.float64

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from minigen import data
+from minigen.data import images, toy2d
+from minigen.eval import bits
 
 torch.set_num_threads(1)
 
@@ -32,7 +33,7 @@ def test_eight_gaussians_centres_and_spread():
     for the misassignment bias). The alternative convention (covariance 0.1 I: std 0.316)
     is 200 SE away."""
     n = 80_000
-    x = data.eight_gaussians(n, gen(0)).double()
+    x = toy2d.eight_gaussians(n, gen(0)).double()
     angles = torch.arange(8, dtype=torch.float64) * math.pi / 4
     centres = 5 * torch.stack([torch.cos(angles), torch.sin(angles)], 1)
     k = torch.cdist(x, centres).argmin(1)
@@ -65,7 +66,7 @@ def test_moons_is_torchdyns_generator(n):
     d ~ U[0, 0.2) per point, i.e. noise only along the diagonal. d's mean and variance
     match U[0, 0.2) within 5 SE (0.2 / sqrt(12 n) and its variance's SE), and with the
     same uniform draws torchdyn's code gives the same points (float32 vs float64: 1e-5)."""
-    x = data.moons(n, gen(1)).double()
+    x = toy2d.moons(n, gen(1)).double()
     u = (x + 1) / 3
     arc = torch.from_numpy(_torchdyn_moons(n, np.zeros((n, 1))) + 1) / 3
     d = u - arc
@@ -80,30 +81,30 @@ def test_moons_is_torchdyns_generator(n):
     assert np.allclose(x.numpy(), _torchdyn_moons(n, draws), atol=1e-5)
 
 
-ALL_SETS = sorted(data.TOY_2D)
+ALL_SETS = sorted(toy2d.TOY_2D)
 
 
 @pytest.mark.parametrize("name", ALL_SETS)
 def test_samplers_need_an_explicit_generator_and_are_reproducible(name):
     with pytest.raises(ValueError, match="explicit torch.Generator"):
-        data.TOY_2D[name](10, None)
-    a = data.sample_2d(name, 257, gen(2))
-    b = data.sample_2d(name, 257, gen(2))
+        toy2d.TOY_2D[name](10, None)
+    a = toy2d.sample_2d(name, 257, gen(2))
+    b = toy2d.sample_2d(name, 257, gen(2))
     assert a.shape == (257, 2) and torch.isfinite(a).all() and torch.equal(a, b)
     if name != "moons":  # moons is deterministic up to one scalar per point
-        assert not torch.equal(a, data.sample_2d(name, 257, gen(3)))
+        assert not torch.equal(a, toy2d.sample_2d(name, 257, gen(3)))
     # global RNG untouched
     state = torch.get_rng_state()
-    data.sample_2d(name, 10, gen(4))
+    toy2d.sample_2d(name, 10, gen(4))
     assert torch.equal(state, torch.get_rng_state())
 
 
 def test_sample_2d_unknown_name_and_bad_n():
     with pytest.raises(ValueError, match="unknown 2D data set 'swissroll'"):
-        data.sample_2d("swissroll", 10, gen(0))
+        toy2d.sample_2d("swissroll", 10, gen(0))
     for bad in (0, -3, 2.5):
         with pytest.raises(ValueError, match="n must be a positive integer"):
-            data.moons(bad, gen(0))
+            toy2d.moons(bad, gen(0))
 
 
 def test_checkerboard_density_on_and_off_its_cells():
@@ -111,12 +112,12 @@ def test_checkerboard_density_on_and_off_its_cells():
     score exactly log(1/32); moving a sample by one cell (2 units) lands on an empty cell
     or off the board: -inf. Each of the 8 cells receives 1/8 of the samples (5 binomial SE)."""
     n = 40_000
-    x = data.checkerboard(n, gen(5))
-    assert torch.all(data.checkerboard_log_density(x) == -math.log(32))
+    x = toy2d.checkerboard(n, gen(5))
+    assert torch.all(toy2d.checkerboard_log_density(x) == -math.log(32))
     assert (x.abs() <= 4).all()
     for shift in ([2.0, 0.0], [0.0, -2.0]):
-        assert torch.all(data.checkerboard_log_density(x + torch.tensor(shift)) == -math.inf)
-    assert data.checkerboard_log_density(torch.tensor([[4.5, 0.5], [-9.0, -1.0]])).eq(-math.inf).all()
+        assert torch.all(toy2d.checkerboard_log_density(x + torch.tensor(shift)) == -math.inf)
+    assert toy2d.checkerboard_log_density(torch.tensor([[4.5, 0.5], [-9.0, -1.0]])).eq(-math.inf).all()
     cell = ((x[:, 0] + 4) // 2) * 4 + (x[:, 1] + 4) // 2
     counts = torch.bincount(cell.long(), minlength=16).double()
     assert int((counts > 0).sum()) == 8
@@ -130,7 +131,7 @@ def test_checkerboard_density_integrates_to_one():
     h = 8 / 400
     s = -4 + h * (torch.arange(400, dtype=torch.float64) + 0.5)
     grid = torch.stack(torch.meshgrid(s, s, indexing="xy"), -1).reshape(-1, 2)
-    mass = float(torch.exp(data.checkerboard_log_density(grid)).sum()) * h * h
+    mass = float(torch.exp(toy2d.checkerboard_log_density(grid)).sum()) * h * h
     assert mass == pytest.approx(1.0, abs=1e-12)
 
 
@@ -143,10 +144,10 @@ def test_bits_per_dim_known_answers(k):
     -log2 P(k) / D."""
     d = 64
     log_p = torch.full((3,), -d * math.log(2.0), dtype=torch.float64)
-    assert torch.allclose(data.bits_per_dim(log_p, d, k), torch.full((3,), math.log2(k), dtype=torch.float64))
+    assert torch.allclose(bits.bits_per_dim(log_p, d, k), torch.full((3,), math.log2(k), dtype=torch.float64))
     probs = torch.tensor([0.5, 1e-3, 0.2], dtype=torch.float64)  # P(k) of three images
     log_density = probs.log() + d * math.log(k / 2)
-    assert torch.allclose(data.bits_per_dim(log_density, d, k), -probs.log2() / d)
+    assert torch.allclose(bits.bits_per_dim(log_density, d, k), -probs.log2() / d)
 
 
 @pytest.mark.parametrize("k", [2, 17, 256])
@@ -157,12 +158,12 @@ def test_dequantize_stays_in_each_level_bin(k):
     1 (probability ~8e-6 per value at the upper levels of K = 256), which would put y on the
     next bin's edge (or on 1.0); the next test forces that case deterministically."""
     levels = torch.arange(k).repeat(1_000_000 // k)
-    y = data.dequantize(levels, k, gen(6))
+    y = images.dequantize(levels, k, gen(6))
     _assert_in_bins(y, levels, k)
     # the same sampler is seeded and does not touch global RNG
-    assert torch.equal(y, data.dequantize(levels, k, gen(6)))
+    assert torch.equal(y, images.dequantize(levels, k, gen(6)))
     with pytest.raises(ValueError, match="explicit torch.Generator"):
-        data.dequantize(levels, k, None)
+        images.dequantize(levels, k, None)
 
 
 @pytest.mark.parametrize("u", [0.0, 1 - 2.0**-24])
@@ -171,8 +172,8 @@ def test_dequantize_bins_at_the_extremes_of_u(monkeypatch, k, u):
     """u = 0 and u = the largest float32 below 1 (both returned by torch.rand): float32
     rounding of (k + u) / K * 2 - 1 leaves the exact bin for many levels unless clamped."""
     levels = torch.arange(k, dtype=torch.uint8 if k <= 256 else torch.int64)
-    monkeypatch.setattr(data.torch, "rand", lambda shape, generator=None: torch.full(shape, u))
-    y = data.dequantize(levels, k, gen(0))
+    monkeypatch.setattr(images.torch, "rand", lambda shape, generator=None: torch.full(shape, u))
+    y = images.dequantize(levels, k, gen(0))
     monkeypatch.undo()
     _assert_in_bins(y, levels, k)
 
@@ -189,7 +190,7 @@ def _assert_in_bins(y: torch.Tensor, levels: torch.Tensor, k: int):
 
 def test_to_unit_interval_maps_levels_to_bin_centres():
     lev = torch.arange(17)
-    y = data.to_unit_interval(lev, 17)
+    y = images.to_unit_interval(lev, 17)
     assert torch.allclose(y, (2 * lev.float() + 1) / 17 - 1) and y.min() > -1 and y.max() < 1
 
 
@@ -197,12 +198,12 @@ def test_to_unit_interval_maps_levels_to_bin_centres():
 
 @pytest.fixture(scope="module")
 def digits():
-    return data.load_digits_8x8()
+    return images.load_digits_8x8()
 
 
 @pytest.fixture(scope="module")
 def mnist():
-    return data.load_mnist_5k()
+    return images.load_mnist_5k()
 
 
 def _rows(x: torch.Tensor) -> list[bytes]:
@@ -231,7 +232,7 @@ def test_digits_8x8_split(digits):
     from sklearn.datasets import load_digits
 
     full = load_digits().images.astype(np.uint8)[:, None]
-    _check_split(digits, 1797, (1, 8, 8), 16, full, lambda s: data.load_digits_8x8(seed=s))
+    _check_split(digits, 1797, (1, 8, 8), 16, full, lambda s: images.load_digits_8x8(seed=s))
 
 
 def test_mnist_5k_split(mnist):
@@ -246,11 +247,11 @@ def test_mnist_5k_split(mnist):
 
 def test_image_split_rejects_a_bad_fraction():
     with pytest.raises(ValueError, match="test_fraction"):
-        data.load_digits_8x8(test_fraction=1.0)
+        images.load_digits_8x8(test_fraction=1.0)
 
 
 def test_independent_pixel_bits_per_dim_closed_forms():
-    from minigen.data import independent_pixel_bits_per_dim
+    from minigen.eval.bits import independent_pixel_bits_per_dim
     # one pixel, K = 4, training counts (2, 0, 0, 0): P = (3/6, 1/6, 1/6, 1/6)
     train = torch.tensor([[0], [0]])
     assert independent_pixel_bits_per_dim(train, torch.tensor([[0]]), 4) == pytest.approx(1.0)

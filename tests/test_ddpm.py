@@ -16,16 +16,23 @@ import pytest
 import torch
 from moments import assert_moments
 
-from minigen import solvers
-from minigen.ddpm import (
-    DDPMSchedule,
-    LevelDecoder,
-    discretized_gaussian_log_likelihood,
+from minigen.diffusion.ddpm import DDPMSchedule
+from minigen.diffusion.ddpm_bound import (
+    bound_strata,
+    decoder_nll,
+    decoder_nll_continuous,
+    fitted_decoder_std,
+    fitted_level_decoder,
+    fitted_step_variances,
     kl_gaussians,
-    unit_interval_bins,
-    velocity_from_epsilon_model,
+    nll_bound,
+    prior_kl,
+    step_kl,
 )
-from minigen.gaussian import GaussianTarget
+from minigen.eval.bits import LevelDecoder, discretized_gaussian_log_likelihood, unit_interval_bins
+from minigen.eval.gaussian import GaussianTarget
+from minigen.recipe import ode_solvers as solvers
+from minigen.recipe.wrappers import velocity_from_epsilon_model
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -184,8 +191,8 @@ def test_samplers_call_the_model_at_t_equal_1_minus_k_over_T():
         return torch.zeros_like(x)
     TINY.ancestral_sample(model, (3, 2), gen(0), steps=[2, 4])
     TINY.ddim_sample(model, (3, 2), gen(0), steps=[1, 3, 4])
-    TINY.decoder_nll(model, torch.zeros(3, 2), torch.zeros(3, 2))
-    TINY.step_kl(model, torch.zeros(3, 2), torch.tensor([2, 3, 4]), torch.zeros(3, 2))
+    decoder_nll(TINY, model, torch.zeros(3, 2), torch.zeros(3, 2))
+    step_kl(TINY, model, torch.zeros(3, 2), torch.tensor([2, 3, 4]), torch.zeros(3, 2))
     assert seen == [[0.0] * 3, [0.5] * 3, [0.0] * 3, [0.25] * 3, [0.75] * 3, [0.75] * 3,
                     [0.5, 0.25, 0.0]]
 
@@ -213,7 +220,7 @@ def test_prior_kl_by_hand():
     ab = 0.9 * 0.8 * 0.7 * 0.6  # tiny schedule, alpha_bar_4
     x0 = torch.tensor([[0.5, -1.0]], dtype=F64)
     want = sum(0.5 * (-math.log(1 - ab) + (1 - ab) + ab * v * v - 1) for v in (0.5, -1.0))
-    assert float(TINY.prior_kl(x0)) == pytest.approx(want, rel=1e-12)
+    assert float(prior_kl(TINY, x0)) == pytest.approx(want, rel=1e-12)
 
 
 @pytest.mark.parametrize("variance", ["beta", "beta_tilde"])
@@ -231,7 +238,7 @@ def test_step_kl_is_eq_12_by_hand(variance):
     want = beta**2 / (2 * s2 * alpha * (1 - ab3)) * sq
     if variance == "beta":
         want += 0.5 * 2 * (math.log(beta / beta_tilde) + beta_tilde / beta - 1)
-    got = TINY.step_kl(lambda x, t: c.expand_as(x), x0, 3, noise, variance)
+    got = step_kl(TINY, lambda x, t: c.expand_as(x), x0, 3, noise, variance)
     assert float(got) == pytest.approx(want, rel=1e-10)
 
 
@@ -264,19 +271,19 @@ def test_decoder_nll_by_hand():
     b = 0.1
     mean, v, d = float(x0) + math.sqrt(b / (1 - b)) * 0.7, float(x0), 1 / 255
     want = -math.log(phi((v + d - mean) / math.sqrt(b)) - phi((v - d - mean) / math.sqrt(b)))
-    got = TINY.decoder_nll(lambda x, t: torch.zeros_like(x), x0, noise)
+    got = decoder_nll(TINY, lambda x, t: torch.zeros_like(x), x0, noise)
     assert float(got) == pytest.approx(want, rel=1e-9)
 
 
 def test_nll_bound_is_the_sum_of_its_terms():
     model = lambda x, t: 0.1 * x + t[:, None]
     x0 = torch.tensor([[0.2, -0.4], [0.9, 0.1]], dtype=F64)
-    got = TINY.nll_bound(model, x0, gen(6))
+    got = nll_bound(TINY, model, x0, gen(6))
     g = gen(6)
     noises = [torch.randn(2, 2, generator=g, dtype=F64) for _ in range(4)]
-    want = TINY.prior_kl(x0) + TINY.decoder_nll(model, x0, noises[0])
+    want = prior_kl(TINY, x0) + decoder_nll(TINY, model, x0, noises[0])
     for k in (2, 3, 4):
-        want = want + TINY.step_kl(model, x0, k, noises[k - 1])
+        want = want + step_kl(TINY, model, x0, k, noises[k - 1])
     assert torch.allclose(got, want, rtol=1e-12)
 
 
@@ -288,12 +295,12 @@ def test_vlb_weight_is_the_step_kl_per_unit_epsilon_error():
     for k in (2, 3, 4):
         ab = float(TINY.alpha_bar[k])
 
-        def oracle(x, t):
+        def oracle(x, t, ab=ab):
             return (x - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
         off = lambda x, t: oracle(x, t) + shift
         lam = float(TINY.vlb_weight(torch.tensor([k]))[0])
         want = lam * float(shift.pow(2).sum())
-        got = TINY.step_kl(off, x0, k, noise) - TINY.step_kl(oracle, x0, k, noise)
+        got = step_kl(TINY, off, x0, k, noise) - step_kl(TINY, oracle, x0, k, noise)
         assert torch.allclose(got, torch.full((2,), want, dtype=F64), rtol=1e-10)
     beta, alpha = 0.1, 0.9  # k = 1: beta_1 / (2 alpha_1 beta_1) = 1 / (2 alpha_1)
     assert float(TINY.vlb_weight(torch.tensor([1]))[0]) == pytest.approx(beta / (2 * alpha * beta))
@@ -328,13 +335,13 @@ def test_nll_bound_monte_carlo_terms_average_to_the_full_sum():
     the full bound's average (T = 4, 2 dims; SE from the draws' spread)."""
     model = lambda x, t: 0.1 * x + t[:, None]
     x0 = torch.tensor([[0.2, -0.4]], dtype=F64).expand(20000, 2)
-    full = TINY.nll_bound(model, x0, gen(13), bin_width=None)
-    mc = TINY.nll_bound(model, x0, gen(14), bin_width=None, terms=1)
+    full = nll_bound(TINY, model, x0, gen(13), bin_width=None)
+    mc = nll_bound(TINY, model, x0, gen(14), bin_width=None, terms=1)
     se = math.sqrt(float(full.var() + mc.var()) / 20000)
     assert abs(float(full.mean() - mc.mean())) < 5 * se
     assert float(mc.std()) > float(full.std())  # one term per draw: noisier, same mean
     with pytest.raises(ValueError, match="terms must be a positive integer"):
-        TINY.nll_bound(model, x0[:2], gen(0), terms=0)
+        nll_bound(TINY, model, x0[:2], gen(0), terms=0)
 
 
 def test_stratified_terms_average_to_the_full_sum():
@@ -343,22 +350,22 @@ def test_stratified_terms_average_to_the_full_sum():
     sched = DDPMSchedule(T=30, beta_start=0.01, beta_end=0.3)
     model = lambda x, t: 0.3 * x + t[:, None]
     x0 = torch.tensor([[0.2, -0.4]], dtype=F64).expand(20000, 2)
-    full = sched.nll_bound(model, x0, gen(21), bin_width=None)
-    strat = sched.nll_bound(model, x0, gen(22), bin_width=None, terms=6)
-    one = sched.nll_bound(model, x0, gen(23), bin_width=None, terms=1)
+    full = nll_bound(sched, model, x0, gen(21), bin_width=None)
+    strat = nll_bound(sched, model, x0, gen(22), bin_width=None, terms=6)
+    one = nll_bound(sched, model, x0, gen(23), bin_width=None, terms=1)
     se = math.sqrt(float(full.var() + strat.var()) / 20000)
     assert abs(float(full.mean() - strat.mean())) < 5 * se
     assert float(strat.std()) < 0.7 * float(one.std())
 
 
 def test_bound_strata_cover_the_middle_steps_once():
-    edges = SCHED.bound_strata(20)
+    edges = bound_strata(SCHED, 20)
     assert int(edges[0]) == 2 and int(edges[-1]) == SCHED.T + 1
     assert bool((edges[1:] > edges[:-1]).all()) and len(edges) <= 21
     assert int(edges[1] - edges[0]) == 1  # the largest terms (k = 2) are evaluated exactly
-    assert len(TINY.bound_strata(50)) == 4  # more strata than steps: one per step, 2, 3, 4
+    assert len(bound_strata(TINY, 50)) == 4  # more strata than steps: one per step, 2, 3, 4
     with pytest.raises(ValueError, match="terms must be a positive integer"):
-        SCHED.bound_strata(0)
+        bound_strata(SCHED, 0)
 
 
 def test_fitted_step_variances_match_the_true_reverse_variance_of_a_gaussian():
@@ -373,7 +380,7 @@ def test_fitted_step_variances_match_the_true_reverse_variance_of_a_gaussian():
         a = ab[k].to(x)[:, None]
         return (1 - a).sqrt() * x / (a * s2 + 1 - a)
     x0 = math.sqrt(s2) * torch.randn(40000, 1, generator=gen(30), dtype=F64)
-    got = SCHED.fitted_step_variances(exact_eps, x0, gen(31), grid=12)
+    got = fitted_step_variances(SCHED, exact_eps, x0, gen(31), grid=12)
     for k in (2, 10, 100, 700):
         a_k, a_j = ab[k], ab[k - 1]
         c0 = a_j.sqrt() * SCHED.betas[k] / (1 - a_k)
@@ -388,11 +395,11 @@ def test_fitted_variances_lower_the_bound_of_an_imperfect_model():
     sched = DDPMSchedule(T=50, beta_start=1e-3, beta_end=0.2)
     model = lambda x, t: 0.5 * x + 0.2
     x0 = 0.3 * torch.randn(4000, 2, generator=gen(40), dtype=F64)
-    fitted = sched.fitted_step_variances(model, x0, gen(41), grid=49)
+    fitted = fitted_step_variances(sched, model, x0, gen(41), grid=49)
     x_new = 0.3 * torch.randn(4000, 2, generator=gen(42), dtype=F64)
-    got = sched.nll_bound(model, x_new, gen(43), variance=fitted, bin_width=None)
+    got = nll_bound(sched, model, x_new, gen(43), variance=fitted, bin_width=None)
     for v in ("beta", "beta_tilde"):  # same noise draws: a paired difference per point
-        diff = sched.nll_bound(model, x_new, gen(43), variance=v, bin_width=None) - got
+        diff = nll_bound(sched, model, x_new, gen(43), variance=v, bin_width=None) - got
         assert float(diff.mean()) > 5 * float(diff.std()) / math.sqrt(len(diff)), v
     with pytest.raises(ValueError, match="per-step variances must have shape"):
         sched.model_variance(x0[:3], 5, variance=fitted[:10])
@@ -410,8 +417,8 @@ def test_fitted_decoder_std_minimises_the_decoder_term():
 
     def near_exact(x, t):  # predicts the true noise of x_1 up to a small error
         return (x - SCHED.alpha_bar[1].sqrt() * x0) / (1 - SCHED.alpha_bar[1]).sqrt() * 0.6
-    std = SCHED.fitted_decoder_std(near_exact, x0, gen(51), **bins)
-    g = lambda s: float(SCHED.decoder_nll(near_exact, x0, torch.randn(x0.shape, generator=gen(51),
+    std = fitted_decoder_std(SCHED, near_exact, x0, gen(51), **bins)
+    g = lambda s: float(decoder_nll(SCHED, near_exact, x0, torch.randn(x0.shape, generator=gen(51),
                                                                      dtype=F64), std=s, **bins).mean())
     base = math.sqrt(float(SCHED.betas[1]))
     assert std < base
@@ -447,16 +454,16 @@ def test_fitted_level_decoder_uses_the_level_histogram():
 
     def model(x, t):  # the epsilon that makes mu_theta(x_1, 1) = x0 + err
         return (x - SCHED.alpha_bar[1].sqrt() * (x0 + err)) / (1 - SCHED.alpha_bar[1]).sqrt()
-    dec = SCHED.fitted_level_decoder(model, x0, gen(71), n_levels=256)
+    dec = fitted_level_decoder(SCHED, model, x0, gen(71), n_levels=256)
     counts = torch.bincount(levels.flatten(), minlength=256).double() + 1
     assert torch.allclose(dec.log_prior, (counts / counts.sum()).log(), atol=1e-12)
-    std = SCHED.fitted_decoder_std(model, x0, gen(71), **bins)
+    std = fitted_decoder_std(SCHED, model, x0, gen(71), **bins)
     noise = torch.randn(x0.shape, generator=gen(72), dtype=F64)
-    l_cat = float(SCHED.decoder_nll(model, x0, noise, decoder=dec).mean())
-    l_gauss = float(SCHED.decoder_nll(model, x0, noise, std=std, **bins).mean())
+    l_cat = float(decoder_nll(SCHED, model, x0, noise, decoder=dec).mean())
+    l_gauss = float(decoder_nll(SCHED, model, x0, noise, std=std, **bins).mean())
     assert l_cat < l_gauss - 0.5  # nats per 6-pixel row
-    assert float(SCHED.nll_bound(model, x0, gen(3), decoder=dec, terms=3).mean()) < float(
-        SCHED.nll_bound(model, x0, gen(3), decoder_std=std, terms=3, **bins).mean())
+    assert float(nll_bound(SCHED, model, x0, gen(3), decoder=dec, terms=3).mean()) < float(
+        nll_bound(SCHED, model, x0, gen(3), decoder_std=std, terms=3, **bins).mean())
 
 
 def test_level_decoder_rejects_bad_arguments():
@@ -471,7 +478,7 @@ def test_level_decoder_rejects_bad_arguments():
 def test_unit_interval_bins_sum_to_one_over_all_levels():
     """The decoder's bins for data.to_unit_interval partition the line: the probabilities of the
     K levels sum to 1 for any mean (a wrong width, or edges not reaching ±inf, would not)."""
-    from minigen.data import to_unit_interval
+    from minigen.data.images import to_unit_interval
     K = 17
     bins = unit_interval_bins(K)
     x = to_unit_interval(torch.arange(K), K).double()[:, None]
@@ -488,7 +495,7 @@ def test_continuous_decoder_is_a_gaussian_density():
     b = 0.1  # zero model: mu = x_1 / sqrt(alpha_1), x_1 = sqrt(1 - b) x0 + sqrt(b) noise
     mean = (math.sqrt(1 - b) * 0.3 + math.sqrt(b) * 0.7) / math.sqrt(1 - b)
     want = 0.5 * ((0.3 - mean) ** 2 / b + math.log(2 * math.pi * b))
-    got = TINY.decoder_nll_continuous(lambda x, t: torch.zeros_like(x), x0, noise)
+    got = decoder_nll_continuous(TINY, lambda x, t: torch.zeros_like(x), x0, noise)
     assert float(got) == pytest.approx(want, rel=1e-12)
 
 
@@ -529,7 +536,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="unknown variance 'learned'"):
         SCHED.model_variance(x, 5, variance="learned")
     with pytest.raises(ValueError, match=r"steps must lie in \[2, 1000\]"):
-        SCHED.step_kl(lambda x, t: x, x, 1, x)
+        step_kl(SCHED, lambda x, t: x, x, 1, x)
     with pytest.raises(ValueError, match=r"steps must lie in \[1, 1000\]"):
         SCHED.timesteps(0)
     with pytest.raises(ValueError, match="strictly increasing"):

@@ -8,10 +8,13 @@ import math
 import pytest
 import torch
 
-from minigen import couplings, data, objectives, paths, record, solvers
-from minigen.gaussian import GaussianTarget
-from minigen.nets import MLP
+from minigen.data import toy2d
+from minigen.eval.gaussian import GaussianTarget
+from minigen.nets.mlp import MLP
+from minigen.recipe import couplings, objectives, paths, time_samplers
+from minigen.recipe import ode_solvers as solvers
 from minigen.train import EMA
+from minigen.workbook import record
 
 torch.set_num_threads(1)
 X = torch.zeros(4, 2)
@@ -41,18 +44,18 @@ def test_unknown_prediction_type():
 
 def test_unknown_time_sampler():
     with pytest.raises(ValueError, match="unknown time sampler 'beta'"):
-        objectives.sample_time(4, torch.Generator(), "beta")
+        time_samplers.sample_time(4, torch.Generator(), "beta")
     with pytest.raises(ValueError, match="unknown time sampler 'beta'"):
         objectives.CFM(paths.LinearPath(), time_sampler="beta")
     with pytest.raises(ValueError, match="logit-normal scale must be > 0"):
-        objectives.sample_time(4, torch.Generator(), "logit_normal", scale=0.0)
+        time_samplers.sample_time(4, torch.Generator(), "logit_normal", scale=0.0)
 
 
 def test_unknown_names_elsewhere():
     with pytest.raises(ValueError, match="unknown CFM variant 'rf'"):
         objectives.cfm_variant("rf")
     with pytest.raises(ValueError, match="unknown 2D data set 'swissroll'"):
-        data.sample_2d("swissroll", 10, torch.Generator())
+        toy2d.sample_2d("swissroll", 10, torch.Generator())
     with pytest.raises(ValueError, match="unknown activation 'swish'"):
         MLP(2, activation="swish")
 
@@ -147,13 +150,13 @@ def test_record_with_a_bad_better_or_a_non_finite_value(tmp_path, monkeypatch):
 
 def test_missing_generator():
     with pytest.raises(ValueError, match="explicit torch.Generator"):
-        data.eight_gaussians(10, None)
+        toy2d.eight_gaussians(10, None)
     with pytest.raises(ValueError, match="not Gaussian"):
         paths.LinearPath(source_is_gaussian=False).prior_sample((2, 2), torch.Generator())
 
 
 def test_bad_metric_inputs():
-    from minigen import metrics
+    from minigen.eval import metrics
 
     with pytest.raises(ValueError, match=r"x and y must be \(n, d\) and \(m, d\)"):
         metrics.wasserstein2_squared(torch.zeros(5, 2), torch.zeros(5, 3))

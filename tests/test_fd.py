@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from minigen import fd
+from minigen.eval import fd
 
 torch.set_num_threads(1)
 

@@ -18,8 +18,9 @@ import math
 import pytest
 import torch
 
-from minigen import objectives, paths, solvers
-from minigen.gaussian import GaussianTarget, gaussian_entropy
+from minigen.eval.gaussian import GaussianTarget, gaussian_entropy
+from minigen.recipe import objectives, paths
+from minigen.recipe import ode_solvers as solvers
 
 torch.set_num_threads(1)
 F64 = torch.float64

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from minigen import generator_matching as gm
+from minigen.transport import generator_matching as gm
 
 torch.set_num_threads(1)
 F64 = torch.float64

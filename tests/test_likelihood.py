@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from minigen import paths
-from minigen.gaussian import GaussianTarget
-from minigen.likelihood import (
+from minigen.eval.gaussian import GaussianTarget
+from minigen.recipe import paths
+from minigen.recipe.likelihood import (
     divergence_exact,
     divergence_hutchinson,
     log_likelihood,

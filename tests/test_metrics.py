@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from minigen import metrics, record
+from minigen.eval import metrics
+from minigen.workbook import record
 
 torch.set_num_threads(1)
 F64 = torch.float64

@@ -1,7 +1,7 @@
 """The notebooks' recorded figures, asserted against quick-mode thresholds.
 
 ``make test`` executes every notebook once in quick mode (``python -m
-minigen.reproduce --quick``), which writes ``results/quick/<chapter>.json``; these
+minigen.workbook.reproduce --quick``), which writes ``results/quick/<chapter>.json``; these
 tests read those files. Run alone, a missing file is produced by executing that
 chapter first (outside CI); under CI a missing file fails.
 """
@@ -26,7 +26,7 @@ def quick_results(chapter: str) -> dict:
     if not path.is_file():
         if os.environ.get("CI"):
             pytest.fail(f"{path} is missing: the quick notebook run did not record it")
-        subprocess.run([sys.executable, "-m", "minigen.reproduce", chapter[:2], "--quick"],
+        subprocess.run([sys.executable, "-m", "minigen.workbook.reproduce", chapter[:2], "--quick"],
                        cwd=ROOT, check=True)
     return json.loads(path.read_text())
 

@@ -9,9 +9,11 @@ import math
 import pytest
 import torch
 
-from minigen import couplings, data, metrics, objectives, paths
-from minigen.gaussian import GaussianTarget
-from minigen.nets import MLP
+from minigen.data import toy2d
+from minigen.eval import metrics
+from minigen.eval.gaussian import GaussianTarget
+from minigen.nets.mlp import MLP
+from minigen.recipe import couplings, objectives, paths, time_samplers
 from minigen.train import train
 
 torch.set_num_threads(1)
@@ -35,7 +37,7 @@ def test_regression_target_per_prediction_type():
 
 def test_uniform_time_sampler_moments():
     """U[0, 1]: mean 1/2 (SE sqrt(1/12 / n) = 0.0013 at n = 50 000), variance 1/12."""
-    t = objectives.sample_time(50_000, gen(1))
+    t = time_samplers.sample_time(50_000, gen(1))
     assert t.min() >= 0 and t.max() < 1
     assert abs(float(t.mean()) - 0.5) < 5 * math.sqrt(1 / 12 / len(t))
     # SE of the sample variance = sqrt((mu4 - sigma^4) / n) = sqrt((1/80 - 1/144) / n) = 3.4e-4
@@ -47,7 +49,7 @@ def test_logit_normal_time_sampler(loc, scale):
     """t = sigmoid(u), u ~ N(loc, scale²): logit(t) has mean loc (SE scale / sqrt(n)) and
     standard deviation scale (SE scale / sqrt(2n)) — SD3's sampler (Esser et al., 2024)."""
     n = 50_000
-    t = objectives.sample_time(n, gen(2), "logit_normal", loc, scale).double()
+    t = time_samplers.sample_time(n, gen(2), "logit_normal", loc, scale).double()
     assert (t > 0).all() and (t < 1).all()
     u = torch.log(t / (1 - t))
     assert abs(float(u.mean()) - loc) < 5 * scale / math.sqrt(n)
@@ -62,11 +64,11 @@ def test_mode_time_density_closed_forms():
     1 / (1 - s (pi/2 - 1)) at t = 1/2 (Esser et al., 2024, eq. 20)."""
     t = torch.linspace(0.0005, 0.9995, 1000)
     for s in (-0.5, 0.0, 1.29):
-        dens = objectives.mode_time_density(t, s)
+        dens = time_samplers.mode_time_density(t, s)
         assert abs(float(dens.mean()) - 1) < 2e-3
         assert torch.allclose(dens, dens.flip(0), atol=1e-6)
-    assert torch.allclose(objectives.mode_time_density(t, 0.0), torch.ones(1000, dtype=F64))
-    centre = float(objectives.mode_time_density(torch.tensor([0.5]), 1.29))
+    assert torch.allclose(time_samplers.mode_time_density(t, 0.0), torch.ones(1000, dtype=F64))
+    centre = float(time_samplers.mode_time_density(torch.tensor([0.5]), 1.29))
     assert abs(centre - 1 / (1 - 1.29 * (math.pi / 2 - 1))) < 1e-6
 
 
@@ -74,11 +76,11 @@ def test_mode_time_sampler_histogram_matches_its_density():
     """A 10-bin histogram of 200 000 draws against the density's bin means (SE per bin <= 0.011);
     the CFM objective draws exactly these times."""
     n = 200_000
-    t = objectives.sample_time(n, gen(7), "mode", scale=1.29)
+    t = time_samplers.sample_time(n, gen(7), "mode", scale=1.29)
     assert t.min() >= 0 and t.max() <= 1
     hist = torch.histc(t, 10, 0, 1) / (n / 10)
     edges = torch.linspace(0, 1, 11)
-    want = torch.tensor([float(objectives.mode_time_density(torch.linspace(a, b, 402)[1:-1], 1.29).mean())
+    want = torch.tensor([float(time_samplers.mode_time_density(torch.linspace(a, b, 402)[1:-1], 1.29).mean())
                          for a, b in zip(edges[:-1], edges[1:])])
     assert torch.allclose(hist, want.float(), atol=0.03)
     cfm = objectives.CFM(paths.LinearPath(), time_sampler="mode", time_scale=1.29)
@@ -87,16 +89,16 @@ def test_mode_time_sampler_histogram_matches_its_density():
 
 
 def test_constant_time_sampler():
-    assert torch.all(objectives.sample_time(5, gen(8), "constant", loc=0.25) == 0.25)
+    assert torch.all(time_samplers.sample_time(5, gen(8), "constant", loc=0.25) == 0.25)
     cfm = objectives.CFM(paths.LinearPath(), time_sampler="constant", time_loc=0.0)
     assert torch.all(cfm.sample_path(torch.zeros(6, 2), torch.ones(6, 2), gen(8)).t == 0)
 
 
 def test_time_sampler_bad_parameters():
     with pytest.raises(ValueError, match="mode scale"):
-        objectives.mode_map(torch.zeros(1), 2.0)
+        time_samplers.mode_map(torch.zeros(1), 2.0)
     with pytest.raises(ValueError, match="mode scale"):
-        objectives.sample_time(4, gen(0), "mode", scale=-2.0)
+        time_samplers.sample_time(4, gen(0), "mode", scale=-2.0)
     with pytest.raises(ValueError, match="mode scale"):
         objectives.CFM(paths.LinearPath(), time_sampler="mode", time_scale=2.0)
     with pytest.raises(ValueError, match="in \\[0, 1\\]"):
@@ -178,7 +180,7 @@ def test_wcfm_with_a_huge_temperature_is_icfm():
     path = paths.LinearPath(source_is_gaussian=False)
     torch.manual_seed(0)
     net = MLP(2)
-    x0, x1 = data.eight_gaussians(256, gen(9)), data.moons(256, gen(10))
+    x0, x1 = toy2d.eight_gaussians(256, gen(9)), toy2d.moons(256, gen(10))
     gi, gw = gen(11), gen(11)
     li, ti = objectives.CFM(path).per_sample_loss(net, x0, x1, gi)
     lw, tw = objectives.CFM(path, gibbs_eps=1e9).per_sample_loss(net, x0, x1, gw)
@@ -202,14 +204,14 @@ def test_wcfm_small_temperature_moves_path_energy_toward_otcfm():
     do *not* help at this budget: they weight a handful of pairs per batch and measured
     0.82-0.87 and 0.49-0.59."""
     g = gen(11)
-    x0, x1 = data.eight_gaussians(1000, g), data.moons(1000, g)
+    x0, x1 = toy2d.eight_gaussians(1000, g), toy2d.moons(1000, g)
     w2sq = metrics.wasserstein2_squared(x0, x1)
     npe = {}
     for name in ("icfm", "wcfm", "otcfm"):
         cfm = objectives.cfm_variant(name, source_is_gaussian=False, gibbs_eps=10.0)
         torch.manual_seed(0)
         net = MLP(2, width=64, depth=3, activation="selu")
-        batch = lambda gg: (data.eight_gaussians(128, gg), data.moons(128, gg))
+        batch = lambda gg: (toy2d.eight_gaussians(128, gg), toy2d.moons(128, gg))
         res = train(net, cfm.loss, batch, steps=300, seed=0, progress=False, device="cpu")
         npe[name] = metrics.normalized_path_energy(metrics.path_energy(res.model, x0, 50), w2sq)
     assert npe["otcfm"] < npe["wcfm"] < npe["icfm"], npe

@@ -4,7 +4,7 @@ start, conditioning, and bad inputs."""
 import pytest
 import torch
 
-from minigen.nets import PatchTransformer, patchify, unpatchify
+from minigen.nets.transformer import PatchTransformer, patchify, unpatchify
 
 torch.set_num_threads(1)
 

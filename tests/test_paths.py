@@ -14,8 +14,8 @@ import re
 import pytest
 import torch
 
-from minigen import paths
-from minigen.gaussian import GaussianTarget
+from minigen.eval.gaussian import GaussianTarget
+from minigen.recipe import paths
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -37,7 +37,7 @@ def random_t(n: int, g: torch.Generator) -> torch.Tensor:
 
 
 def test_registry_and_make_path():
-    assert set(paths.PATHS) == {"linear", "bridge", "vp_cosine", "vp_linear", "ve"}
+    assert set(paths.PATHS) == {"linear", "bridge", "vp_cosine", "vp_linear", "ve", "sub_vp"}
     for name, cls in paths.PATHS.items():
         p = paths.make_path(name)
         assert isinstance(p, cls) and p.name == name and p.source_is_gaussian

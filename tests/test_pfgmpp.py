@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
-from minigen import pfgmpp as P
+from minigen.diffusion import pfgmpp as P
 
 torch.set_num_threads(1)
 F64 = torch.float64

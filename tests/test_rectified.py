@@ -8,10 +8,12 @@ import math
 import pytest
 import torch
 
-from minigen.nets import MLP
-from minigen.objectives import CFM
-from minigen.paths import LinearPath, VPCosinePath
-from minigen.rectified import (
+from minigen.nets.mlp import MLP
+from minigen.recipe.objectives import CFM
+from minigen.recipe.ode_solvers import sample
+from minigen.recipe.paths import LinearPath, VPCosinePath
+from minigen.train import train
+from minigen.transport.rectified import (
     ReflowCoupling,
     ddim_sample,
     flow_terms,
@@ -19,8 +21,6 @@ from minigen.rectified import (
     identity_terms,
     model_pairs,
 )
-from minigen.solvers import sample
-from minigen.train import train
 
 torch.set_num_threads(1)
 M, S, D = torch.tensor([3.0, 0.0], dtype=torch.float64), 0.5, 2
@@ -32,7 +32,7 @@ def gaussian_pairs(n, seed=0):
     return x0, M + S * torch.randn(n, D, generator=g, dtype=torch.float64)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def scaled_field_identity(c: float) -> dict:
     """identity_terms of the field c v* on 10 000 independent Gaussian pairs (computed once)."""
     x0, x1 = gaussian_pairs(10000)
@@ -159,7 +159,8 @@ def test_ddim_is_exact_for_a_deterministic_coupling_and_euler_on_the_linear_path
     x0, _ = gaussian_pairs(200)
     x0 = x0.float()
     m = M.float()
-    x1_oracle = lambda x, t, p=VPCosinePath(): ( # x_t = alpha (m + s x0) + sigma x0 -> x1
+    p = VPCosinePath()
+    x1_oracle = lambda x, t: ( # x_t = alpha (m + s x0) + sigma x0 -> x1
         m + S * (x - p.alpha(t)[:, None] * m) / (p.alpha(t)[:, None] * S + p.sigma(t)[:, None]))
     for steps in (1, 3):
         out = ddim_sample(x1_oracle, VPCosinePath(), "x1", x0, steps)

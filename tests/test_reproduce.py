@@ -1,4 +1,4 @@
-"""minigen.reproduce: selection, tables, README markers, targets; the runner on tiny notebooks."""
+"""minigen.workbook.reproduce: selection, tables, README markers, targets; the runner on tiny notebooks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from minigen import reproduce
+from minigen.workbook import reproduce
 
 
 def write_result(base, mode, chapter, metrics):

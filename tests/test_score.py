@@ -7,19 +7,19 @@ import math
 import pytest
 import torch
 
-from minigen.ddpm import LevelDecoder
-from minigen.gaussian import GaussianTarget
-from minigen.paths import VEPath
-from minigen.score import (
+from minigen.diffusion.score_matching import (
     DenoisingScoreMatching,
-    LikelihoodTimeSampler,
     discrete_nll_bound,
     dsm_weight,
     probability_flow_log_likelihood,
-    score_from_epsilon_model,
     time_at_sigma,
 )
-from minigen.sde import VESDE, VPSDE, SubVPSDE
+from minigen.eval.bits import LevelDecoder
+from minigen.eval.gaussian import GaussianTarget
+from minigen.recipe.paths import VEPath
+from minigen.recipe.sde import VESDE, VPSDE, SubVPSDE
+from minigen.recipe.time_samplers import LikelihoodTimeSampler
+from minigen.recipe.wrappers import score_from_epsilon_model
 
 
 def exact_epsilon_model(sde, mu: float, c: float):

@@ -14,10 +14,13 @@ import pytest
 import torch
 from moments import assert_moments
 
-from minigen import likelihood, solvers
-from minigen.gaussian import GaussianTarget
-from minigen.paths import LinearPath, VEPath, VPCosinePath, VPLinearBetaPath
-from minigen.sde import VESDE, VPSDE, SubVPSDE, euler_maruyama, predictor_corrector, probability_flow_velocity
+from minigen.eval.gaussian import GaussianTarget
+from minigen.recipe import likelihood
+from minigen.recipe import ode_solvers as solvers
+from minigen.recipe.paths import LinearPath, VEPath, VPCosinePath, VPLinearBetaPath
+from minigen.recipe.sde import VESDE, VPSDE, SubVPSDE
+from minigen.recipe.sde_solvers import euler_maruyama, predictor_corrector
+from minigen.recipe.wrappers import probability_flow_velocity
 
 torch.set_num_threads(1)
 F64 = torch.float64

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from minigen import solvers
+from minigen.recipe import ode_solvers as solvers
 
 torch.set_num_threads(1)
 F64 = torch.float64

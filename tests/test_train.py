@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from minigen import data, objectives
 from minigen import train as train_mod
-from minigen.nets import MLP
+from minigen.data import toy2d
+from minigen.nets.mlp import MLP
+from minigen.recipe import objectives
 from minigen.train import EMA, load_checkpoint, save_checkpoint, train
 
 torch.set_num_threads(1)
@@ -18,7 +19,7 @@ STEPS = 40
 
 
 def batch(g: torch.Generator):
-    return data.eight_gaussians(32, g), data.moons(32, g)
+    return toy2d.eight_gaussians(32, g), toy2d.moons(32, g)
 
 
 def run(steps: int, ckpt=None, every: int = 0, init_seed: int = 0, loss_fn=None, **kw):

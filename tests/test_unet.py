@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from minigen.data import downsample_mnist
-from minigen.nets import UNet, sinusoidal_embedding
+from minigen.data.images import downsample_mnist
+from minigen.nets.embeddings import sinusoidal_embedding
+from minigen.nets.unet import UNet
 
 torch.set_num_threads(1)
 
@@ -126,7 +127,7 @@ def test_cond_image_is_an_input_and_the_output_keeps_x_channels(size):
 
 
 def test_cond_image_gradients_and_a_ddpm_loss_through_a_closure():
-    from minigen.ddpm import DDPMSchedule
+    from minigen.diffusion.ddpm import DDPMSchedule
 
     model = small_unet(cond_channels=1).train()
     x0, y = torch.randn(4, 1, 8, 8), torch.randn(4, 1, 8, 8).requires_grad_()

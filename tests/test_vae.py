@@ -10,9 +10,8 @@ import math
 import pytest
 import torch
 
-from minigen.ddpm import kl_gaussians
-from minigen.train import train
-from minigen.vae import (
+from minigen.diffusion.ddpm_bound import kl_gaussians
+from minigen.latent.vae import (
     ConvVAE,
     gaussian_kl_standard_normal,
     gaussian_nll,
@@ -20,6 +19,7 @@ from minigen.vae import (
     reparameterize,
     vae_loss,
 )
+from minigen.train import train
 
 torch.set_num_threads(1)
 

@@ -16,14 +16,14 @@ import copy
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
-from .objectives import per_t_loss
+from minigen.recipe.objectives import per_t_loss
 
 
 def pick_device() -> torch.device:

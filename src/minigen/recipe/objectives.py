@@ -12,82 +12,17 @@ et al., 2023, Thm. 2), which is why a per-sample conditional target suffices.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .couplings import gibbs_weights, independent
-from .paths import GaussianPath, PathSample
+from minigen.recipe.couplings import gibbs_weights, independent
+from minigen.recipe.paths import GaussianPath, PathSample
+from minigen.recipe.time_samplers import check_time_sampler, sample_time
 
 Tensor = torch.Tensor
-TIME_SAMPLERS = ("uniform", "logit_normal", "mode", "constant")
-MODE_SCALE_MAX = 2.0 / (math.pi - 2.0)  # f_mode is monotone on [0, 1] for -1 <= s <= this
-
-
-def mode_map(u: Tensor, scale: float) -> Tensor:
-    """f_mode(u; s) = 1 - u - s (cos²(pi u / 2) - 1 + u) (Esser et al., 2024, eq. 20).
-
-    Monotone on [0, 1] for -1 <= s <= 2 / (pi - 2); s = 0 is the reversed identity 1 - u
-    (uniform t). f(1 - u) = 1 - f(u), so the density is symmetric about 1/2 and the same in
-    their time (t = 1 noise) and ours (t = 0 noise). Shapes: u (n,) -> (n,).
-    """
-    check_mode_scale(scale)
-    return 1 - u - scale * (torch.cos(0.5 * math.pi * u) ** 2 - 1 + u)
-
-
-def check_mode_scale(scale: float) -> None:
-    """Raise ValueError unless -1 <= s <= 2 / (pi - 2), where f_mode is a bijection of [0, 1]."""
-    if not -1.0 <= scale <= MODE_SCALE_MAX:
-        raise ValueError(f"mode scale must be in [-1, 2/(pi-2) = {MODE_SCALE_MAX:.3f}], got {scale}")
-
-
-def mode_time_density(t: Tensor, scale: float, iters: int = 60) -> Tensor:
-    """pi_mode(t; s) = |d f_mode^{-1}(t) / dt| = 1 / |f'(u)| at u = f^{-1}(t), with
-    f'(u) = -1 + s (pi/2 sin(pi u) - 1); f is inverted by bisection. Shapes: t (n,) -> (n,)."""
-    t = t.double()
-    lo, hi = torch.zeros_like(t), torch.ones_like(t)
-    for _ in range(iters):  # f is decreasing: f(mid) > t means the root lies to the right
-        mid = 0.5 * (lo + hi)
-        right = mode_map(mid, scale) > t
-        lo, hi = torch.where(right, mid, lo), torch.where(right, hi, mid)
-    u = 0.5 * (lo + hi)
-    return 1.0 / (1.0 - scale * (0.5 * math.pi * torch.sin(math.pi * u) - 1.0)).abs()
-
-
-def check_time_sampler(sampler: str, loc: float = 0.0, scale: float = 1.0) -> None:
-    """Raise ValueError for an unknown sampler or parameters outside its range."""
-    if sampler not in TIME_SAMPLERS:
-        raise ValueError(f"unknown time sampler {sampler!r}; choose from {TIME_SAMPLERS}")
-    if sampler == "logit_normal" and not scale > 0:
-        raise ValueError(f"logit-normal scale must be > 0, got {scale}")
-    if sampler == "mode":
-        check_mode_scale(scale)
-    if sampler == "constant" and not 0.0 <= loc <= 1.0:
-        raise ValueError(f"constant time (loc) must be in [0, 1], got {loc}")
-
-
-def sample_time(n: int, generator: torch.Generator, sampler: str = "uniform",
-                loc: float = 0.0, scale: float = 1.0) -> Tensor:
-    """Training times t in [0, 1]: (n,).
-
-    ``uniform``: t ~ U[0, 1]. ``logit_normal``: t = sigmoid(u), u ~ N(loc, scale²)
-    (Esser et al., 2024, "Scaling Rectified Flow Transformers", eq. 19). ``mode``: mode
-    sampling with heavy tails, t = f_mode(u; scale), u ~ U[0, 1] (their eq. 20; their best
-    setting is scale = 1.29; ``mode_map``). ``constant``: t ≡ loc — with loc = 0 the CFM loss
-    on reflow pairs is the one-step distillation loss E||v(Z0, 0) - (Z1 - Z0)||²
-    (Liu et al., 2023, §2.3).
-    """
-    check_time_sampler(sampler, loc, scale)
-    if sampler == "uniform":
-        return torch.rand(n, generator=generator)
-    if sampler == "logit_normal":
-        return torch.sigmoid(loc + scale * torch.randn(n, generator=generator))
-    if sampler == "mode":
-        return mode_map(torch.rand(n, generator=generator), scale)
-    return torch.full((n,), float(loc))
 
 
 def regression_target(ps: PathSample, prediction: str) -> Tensor:
@@ -100,7 +35,6 @@ def regression_target(ps: PathSample, prediction: str) -> Tensor:
         return ps.x0
     raise ValueError(f"unknown prediction type {prediction!r} for regression; "
                      "choose velocity, x1 or epsilon")
-
 
 @dataclass
 class CFM:
@@ -173,7 +107,6 @@ class CFM:
             return model
         return lambda x, t: self.path.convert(model(x, t), x, t, self.prediction, "velocity")
 
-
 def per_t_loss(t: Tensor, loss: Tensor, bins: int = 10) -> tuple[Tensor, Tensor]:
     """Sum and count of per-sample losses in ``bins`` equal bins of t: ((bins,), (bins,)).
 
@@ -184,7 +117,6 @@ def per_t_loss(t: Tensor, loss: Tensor, bins: int = 10) -> tuple[Tensor, Tensor]
     sums = torch.zeros(bins).index_add_(0, idx.cpu(), loss.detach().float().cpu())
     counts = torch.bincount(idx.cpu(), minlength=bins).float()
     return sums, counts
-
 
 def cfm_variant(name: str, source_is_gaussian: bool = True, *, gibbs_eps: float = 1.0,
                 bridge_s: float = 0.5, sinkhorn_reg: float = 0.1, sinkhorn_iter: int = 10) -> CFM:
@@ -197,8 +129,8 @@ def cfm_variant(name: str, source_is_gaussian: bool = True, *, gibbs_eps: float 
     ``wcfm``  independent pairs weighted by exp(-||x1 - x0||² / gibbs_eps) (Calvo-Ordoñez et al., 2025)
     ``sbcfm`` entropic OT with reg = 2 s² and Brownian-bridge noise s sqrt(t(1-t)) (Tong et al., 2024)
     """
-    from .couplings import ExactOT, SinkhornOT
-    from .paths import BridgePath, LinearPath
+    from minigen.recipe.couplings import ExactOT, SinkhornOT
+    from minigen.recipe.paths import BridgePath, LinearPath
 
     lin = LinearPath(source_is_gaussian=source_is_gaussian)
     if name == "icfm":
@@ -214,6 +146,5 @@ def cfm_variant(name: str, source_is_gaussian: bool = True, *, gibbs_eps: float 
         return CFM(BridgePath(bridge_s, source_is_gaussian=source_is_gaussian), coupling=coupling,
                    name=name)
     raise ValueError(f"unknown CFM variant {name!r}; choose from {CFM_VARIANTS}")
-
 
 CFM_VARIANTS = ("icfm", "otcfm", "otcfm_sinkhorn", "wcfm", "sbcfm")

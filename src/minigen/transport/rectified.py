@@ -23,13 +23,13 @@ of any path, and the transport-cost identity, exact for any learned field.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from .metrics import _sq, flow_terms  # flow_terms: the flow's per-sample terms (re-exported)
-from .paths import GaussianPath
-from .solvers import _v, integrate
+from minigen.eval.metrics import _sq, flow_terms  # flow_terms: the flow's per-sample terms (re-exported)
+from minigen.recipe.ode_solvers import _v, integrate
+from minigen.recipe.paths import GaussianPath
 
 Tensor = torch.Tensor
 Velocity = Callable[[Tensor, Tensor], Tensor]

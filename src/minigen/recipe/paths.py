@@ -24,17 +24,9 @@ from dataclasses import dataclass
 
 import torch
 
+from minigen.broadcast import expand_t
+
 Tensor = torch.Tensor
-
-
-def expand_t(t: Tensor, x: Tensor) -> Tensor:
-    """Reshape t of shape (B,) (or scalar) to broadcast against x of shape (B, ...)."""
-    t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
-    if t.ndim == 0:
-        t = t.expand(x.shape[0])
-    if t.shape != (x.shape[0],):
-        raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
-    return t.view(-1, *([1] * (x.ndim - 1)))
 
 
 @dataclass
@@ -318,8 +310,28 @@ class VEPath(GaussianPath):
     def d_sigma(self, t): return self.sigma(t) * math.log(self.smin / self.smax)
 
 
+class SubVPPath(GaussianPath):
+    """The sub-VP path of Song et al. (2021, §3.4): the mean of a VP path and
+    std sigma(t) = 1 - alpha(t)² (<= the VP std sqrt(1 - alpha²)); sigma' = -2 alpha alpha'."""
+
+    name = "sub_vp"
+
+    def __init__(self, vp: GaussianPath | None = None, source_is_gaussian: bool | None = None):
+        if vp is None:
+            vp = VPLinearBetaPath(source_is_gaussian=True if source_is_gaussian is None else source_is_gaussian)
+        self.vp = vp
+        self.tol, self.t_min, self.t_max = vp.tol, vp.t_min, vp.t_max
+        super().__init__(vp.source_is_gaussian if source_is_gaussian is None else source_is_gaussian)
+
+    def alpha(self, t): return self.vp.alpha(t)
+    def sigma(self, t): return 1 - self.vp.alpha(t) ** 2
+    def d_alpha(self, t): return self.vp.d_alpha(t)
+    def d_sigma(self, t): return -2 * self.vp.alpha(t) * self.vp.d_alpha(t)
+
+
 PATHS = {"linear": LinearPath, "bridge": BridgePath, "vp_cosine": VPCosinePath,
-         "vp_linear": VPLinearBetaPath, "ve": VEPath}
+         "vp_linear": VPLinearBetaPath, "ve": VEPath,
+         "sub_vp": SubVPPath}
 
 
 def make_path(name: str, **kwargs) -> GaussianPath:

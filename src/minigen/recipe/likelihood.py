@@ -15,11 +15,11 @@ div v ≈ eps^T (dv/dx) eps with a fixed eps per trajectory (Grathwohl et al.,
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from .solvers import FIXED_STEP
+from minigen.recipe.ode_solvers import FIXED_STEP
 
 Tensor = torch.Tensor
 

@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import downsample_mnist, load_mnist_5k, to_unit_interval
-from .record import repo_root
-from .train import save_checkpoint
+from minigen.data.images import downsample_mnist, load_mnist_5k, to_unit_interval
+from minigen.train import save_checkpoint
+from minigen.workbook.record import repo_root
 
 Tensor = torch.Tensor
 CACHE_ENV = "MINIGEN_CACHE"
@@ -171,9 +171,9 @@ def load_classifier(config: dict | None = None, verbose: bool = True) -> MnistCl
             return model.eval()
         except Exception as e:  # damaged file, wrong keys or shapes: retrain
             if verbose:
-                print(f"minigen.fd: cache {path} unreadable ({type(e).__name__}); retraining")
+                print(f"minigen.eval.fd: cache {path} unreadable ({type(e).__name__}); retraining")
     elif verbose:
-        print(f"minigen.fd: training the MNIST-5k classifier once; caching it to {path}")
+        print(f"minigen.eval.fd: training the MNIST-5k classifier once; caching it to {path}")
     model, info = train_classifier(config)
     save_checkpoint(path, {"model": model.state_dict(), "info": info})
     model.info = info

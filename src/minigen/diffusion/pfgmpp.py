@@ -26,14 +26,14 @@ for finite D, so this module stands apart from ``paths.py`` (DESIGN.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from .solvers import ODESolution, heun_step
+from minigen.recipe.ode_solvers import ODESolution, heun_step
 
 Tensor = torch.Tensor
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # D(x (B, ...), sigma (B,)) -> (B, ...)

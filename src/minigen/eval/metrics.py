@@ -14,13 +14,13 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import ot
 import torch
 
-from .solvers import _v
+from minigen.recipe.ode_solvers import _v
 
 Tensor = torch.Tensor
 
@@ -123,7 +123,7 @@ def w2sq_at_steps(v: Callable, x0: Tensor, target: Tensor, steps=(1, 2, 4, 8, 10
                   method: str = "euler") -> dict:
     """W2² between the flow's samples and ``target`` for each step count, plus the
     adaptive solver: {"euler1": ..., ..., "adaptive": ..., "nfe_adaptive": ...}."""
-    from .solvers import sample
+    from minigen.recipe.ode_solvers import sample
 
     out = {f"{method}{k}": wasserstein2_squared(sample(v, x0, method, k).x, target) for k in steps}
     sol = sample(v, x0, "dopri5")

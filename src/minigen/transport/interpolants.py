@@ -33,15 +33,16 @@ special case linear + ``BrownianGamma(s)``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-from .couplings import independent
-from .objectives import CFM
-from .paths import GaussianPath, PathSample, expand_t
+from minigen.broadcast import expand_t
+from minigen.recipe.couplings import independent
+from minigen.recipe.objectives import CFM
+from minigen.recipe.paths import GaussianPath, PathSample
 
 Tensor = torch.Tensor
 Field = Callable[[Tensor, Tensor], Tensor]

@@ -6,7 +6,7 @@ A notebook calls ``record(...)`` once at its end; the file lands in
     {chapter, mode, seed, git_sha, torch, device, threads, wall_s,
      metrics: {name: {value, unit, better: "lower" | "higher"}}}
 
-so that the tests, ``python -m minigen.reproduce`` and the README table read
+so that the tests, ``python -m minigen.workbook.reproduce`` and the README table read
 one format.
 """
 
@@ -100,7 +100,7 @@ def load(chapter: str, mode: str) -> dict:
     """Read a recorded results file (raises FileNotFoundError with the path)."""
     path = results_dir(mode) / f"{chapter}.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no results at {path}: run python -m minigen.reproduce "
+        raise FileNotFoundError(f"no results at {path}: run python -m minigen.workbook.reproduce "
                                 f"{chapter.split('_')[0]} --{mode}")
     return json.loads(path.read_text())
 

@@ -9,8 +9,8 @@ number of function evaluations (NFE) and, on request, the trajectory.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

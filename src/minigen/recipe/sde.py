@@ -39,11 +39,11 @@ Score functions take minigen's ``score_fn(x, t)`` with t in [0, 1], shape (B,).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from .paths import GaussianPath, VEPath, VPLinearBetaPath, expand_t
+from minigen.recipe.paths import GaussianPath, SubVPPath, VEPath, VPLinearBetaPath, expand_t
 
 Tensor = torch.Tensor
 ScoreFn = Callable[[Tensor, Tensor], Tensor]
@@ -52,24 +52,6 @@ ScoreFn = Callable[[Tensor, Tensor], Tensor]
 def _t(t) -> Tensor:
     """A tensor t keeps its dtype; a Python number becomes float64."""
     return t if isinstance(t, Tensor) else torch.tensor(float(t), dtype=torch.float64)
-
-
-class SubVPPath(GaussianPath):
-    """The sub-VP path of Song et al. (2021, §3.4): the mean of a VP path and
-    std sigma(t) = 1 - alpha(t)² (<= the VP std sqrt(1 - alpha²)); sigma' = -2 alpha alpha'."""
-
-    name = "sub_vp"
-
-    def __init__(self, vp: GaussianPath):
-        self.vp = vp
-        self.tol, self.t_min, self.t_max = vp.tol, vp.t_min, vp.t_max
-        super().__init__(vp.source_is_gaussian)
-
-    def alpha(self, t): return self.vp.alpha(t)
-    def sigma(self, t): return 1 - self.vp.alpha(t) ** 2
-    def d_alpha(self, t): return self.vp.d_alpha(t)
-    def d_sigma(self, t): return -2 * self.vp.alpha(t) * self.vp.d_alpha(t)
-
 
 class SDE:
     """Forward (noising) SDE derived from a Gaussian path (see the module docstring).
@@ -137,7 +119,6 @@ class SDE:
         e2 = g2 if diffusion is None else expand_t(torch.as_tensor(diffusion, dtype=x.dtype), x) ** 2
         return -self.drift(x, t) + 0.5 * (g2 + e2) * score
 
-
 class VPSDE(SDE):
     """Variance-preserving SDE dx = -½ beta(s) x ds + sqrt(beta(s)) dw (Song et al., 2021,
     §3.4), from a VP path (alpha² + sigma² = 1). (sigma²)' = -(alpha²)' is used so that
@@ -154,7 +135,6 @@ class VPSDE(SDE):
     def d_sigma2(self, t: Tensor) -> Tensor:
         return -2 * self.path.alpha(t) * self.path.d_alpha(t)
 
-
 class SubVPSDE(SDE):
     """Sub-VP SDE dx = -½ beta(s) x ds + sqrt(beta(s) (1 - exp(-2 ∫_0^s beta))) dw (Song et al.,
     2021, §3.4): the VP drift with std 1 - alpha² instead of sqrt(1 - alpha²); built from a
@@ -163,7 +143,6 @@ class SubVPSDE(SDE):
     def __init__(self, path: GaussianPath | None = None):
         vp = VPSDE(path).path  # checks the path is VP
         super().__init__(SubVPPath(vp))
-
 
 class VESDE(SDE):
     """Variance-exploding SDE dx = sqrt(d sigma²/ds) dw (Song et al., 2021, §3.4) from a path
@@ -175,91 +154,3 @@ class VESDE(SDE):
         if not torch.allclose(path.alpha(t), torch.ones_like(t)):
             raise ValueError(f"VESDE needs a path with alpha ≡ 1, got {path.name}")
         super().__init__(path)
-
-
-# --- samplers (all integrate our t from t_min (noise) to t_max (data)) ---
-
-def _grid(sde: SDE, steps: int) -> Tensor:
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
-    return torch.linspace(sde.t_min, sde.t_max, steps + 1, dtype=torch.float64)
-
-
-def _noise(x: Tensor, generator: torch.Generator) -> Tensor:
-    """z ~ N(0, I) like x (drawn on the generator's device, CPU, then moved)."""
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-
-
-def _full(t: Tensor, x: Tensor) -> Tensor:
-    return torch.full((len(x),), float(t), dtype=x.dtype, device=x.device)
-
-
-def euler_maruyama(sde: SDE, score_fn: ScoreFn, shape, generator: torch.Generator, steps: int = 500,
-                   diffusion_scale: float = 1.0, dtype: torch.dtype = torch.float32,
-                   x_init: Tensor | None = None) -> Tensor:
-    """Sample the generative SDE with diffusion e = ``diffusion_scale`` · g(t) by Euler–Maruyama
-    from the prior at t_min to t_max (Song et al., 2021, §4.1; scale 1 is the reverse-time SDE,
-    0 the probability-flow ODE with Euler steps):
-
-        x_{t+h} = x_t + h reverse_drift(x_t, t, score) + e(t) sqrt(h) z.
-
-    ``x_init`` replaces the prior draw. NFE = steps. Returns (shape)."""
-    if not diffusion_scale >= 0:
-        raise ValueError(f"diffusion_scale must be >= 0, got {diffusion_scale}")
-    times = _grid(sde, steps)
-    x = sde.prior_sample(shape, generator, dtype) if x_init is None else x_init
-    for t, t_next in zip(times[:-1], times[1:]):
-        h, tt = float(t_next - t), _full(t, x)
-        e = diffusion_scale * sde.diffusion(tt).to(x.dtype)
-        x = x + h * sde.reverse_drift(x, tt, score_fn(x, tt), e)
-        if diffusion_scale > 0:
-            x = x + expand_t(e, x) * math.sqrt(h) * _noise(x, generator)
-    return x
-
-
-def langevin_corrector_step(sde: SDE, score_fn: ScoreFn, x: Tensor, t: Tensor, alpha_ratio: float,
-                            snr: float, generator: torch.Generator) -> Tensor:
-    """One Langevin step x + e grad log p_t(x) + sqrt(2 e) z with the step size from the
-    signal-to-noise ratio r = ``snr``:  e = 2 alpha_i (r ||z|| / ||grad log p_t||)²
-    (Song et al., 2021, Algs. 4 (VE, alpha_i = 1) and 5 (VP, alpha_i = 1 - beta_i)); here
-    alpha_i = (alpha(t - h) / alpha(t))², which is 1 for VE and 1 - beta_i for VP. The norms are
-    batch means of per-sample norms, so one step size serves the batch: per sample, ||z|| /
-    ||grad|| is heavy-tailed in low dimension (a sample near a mode has a tiny score and would
-    take a huge step). (B, ...)."""
-    grad = score_fn(x, t)
-    z = _noise(x, generator)
-    ratio = z.flatten(1).norm(dim=1).mean() / grad.flatten(1).norm(dim=1).mean().clamp_min(1e-12)
-    eps = 2 * alpha_ratio * (snr * ratio) ** 2
-    return x + eps * grad + (2 * eps).sqrt() * z
-
-
-def predictor_corrector(sde: SDE, score_fn: ScoreFn, shape, generator: torch.Generator,
-                        steps: int = 500, snr: float = 0.16, n_corrector: int = 1,
-                        dtype: torch.dtype = torch.float32, x_init: Tensor | None = None) -> Tensor:
-    """Predictor–corrector sampling (Song et al., 2021, Alg. 1; Algs. 2-3 for VE / VP): at each
-    step an Euler–Maruyama predictor of the reverse-time SDE from t to t + h, then
-    ``n_corrector`` Langevin corrector steps at t + h (``langevin_corrector_step``).
-    ``x_init`` replaces the prior draw. NFE = steps (1 + n_corrector). Returns (shape)."""
-    if not snr > 0:
-        raise ValueError(f"snr must be > 0, got {snr}")
-    if not isinstance(n_corrector, int) or n_corrector < 0:
-        raise ValueError(f"n_corrector must be a non-negative integer, got {n_corrector!r}")
-    times = _grid(sde, steps)
-    x = sde.prior_sample(shape, generator, dtype) if x_init is None else x_init
-    for t, t_next in zip(times[:-1], times[1:]):
-        h, tt, tn = float(t_next - t), _full(t, x), _full(t_next, x)
-        g = sde.diffusion(tt).to(x.dtype)
-        x = x + h * sde.reverse_drift(x, tt, score_fn(x, tt))
-        x = x + expand_t(g, x) * math.sqrt(h) * _noise(x, generator)
-        alpha_ratio = float(sde.path.alpha(t) / sde.path.alpha(t_next)) ** 2
-        for _ in range(n_corrector):
-            x = langevin_corrector_step(sde, score_fn, x, tn, alpha_ratio, snr, generator)
-    return x
-
-
-def probability_flow_velocity(sde: SDE, score_fn: ScoreFn) -> Callable[[Tensor, Tensor], Tensor]:
-    """v(x, t) = -f(x, t) + ½ g(t)² score(x, t), the probability-flow ODE in our time
-    (Song et al., 2021, eq. 13 with ds = -dt): a velocity field for ``minigen.solvers.integrate``
-    (from ``sde.t_min`` to ``sde.t_max``) and ``minigen.likelihood.log_likelihood`` (with
-    ``sde.prior_log_prob`` as the source density)."""
-    return lambda x, t: sde.reverse_drift(x, t, score_fn(x, t), diffusion=0.0)

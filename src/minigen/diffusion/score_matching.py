@@ -29,24 +29,21 @@ training generator, as the SDE's source is Gaussian.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
-from .likelihood import log_likelihood
-from .paths import expand_t
-from .sde import SDE, probability_flow_velocity
+from minigen.recipe.likelihood import log_likelihood
+from minigen.recipe.paths import expand_t
+from minigen.recipe.sde import SDE
+from minigen.recipe.time_samplers import LikelihoodTimeSampler
+from minigen.recipe.wrappers import probability_flow_velocity, score_from_epsilon_model
 
 Tensor = torch.Tensor
+
+
 WEIGHTINGS = ("variance", "likelihood")
-
-
-def score_from_epsilon_model(eps_model: Callable, sde: SDE) -> Callable[[Tensor, Tensor], Tensor]:
-    """s_theta(x, t) = -eps_theta(x, t) / sigma(t) (Tweedie; Song et al., 2021, App. C uses the same
-    1/sigma output scaling): a ``score_fn(x, t)`` for the samplers of ``minigen.sde``."""
-    return lambda x, t: -eps_model(x, t) / expand_t(sde.path.sigma(expand_t(t, x).view(-1)), x)
-
 
 def dsm_weight(sde: SDE, t: Tensor, weighting: str) -> Tensor:
     """lambda(t): sigma(t)² for ``"variance"``, g(t)² for ``"likelihood"`` (Song, Durkan et al.,
@@ -56,40 +53,6 @@ def dsm_weight(sde: SDE, t: Tensor, weighting: str) -> Tensor:
     if weighting == "likelihood":
         return sde.diffusion(t) ** 2
     raise ValueError(f"unknown weighting {weighting!r}; choose from {WEIGHTINGS}")
-
-
-class LikelihoodTimeSampler:
-    """Importance sampler of the training time, q(t) = g(t)² / (Z sigma(t)²) on [t_min, t_max]
-    (Song, Durkan et al., 2021, §5), by inverting its CDF tabulated on ``grid`` points.
-
-    The density grows like 1/(1 - t) at the data end of VP / sub-VP, so the table is geometric in
-    s = 1 - t there. ``z`` = Z = ∫ g² / sigma² dt (trapezoid rule, float64).
-    """
-
-    def __init__(self, sde: SDE, grid: int = 4097):
-        self.sde = sde
-        s_lo, s_hi = 1 - sde.t_max, 1 - sde.t_min
-        if s_lo > 0:
-            s = torch.logspace(math.log10(s_lo), math.log10(s_hi), grid, dtype=torch.float64)
-        else:
-            s = torch.linspace(s_lo, s_hi, grid, dtype=torch.float64)
-        t = (1 - s).flip(0)  # increasing t
-        dens = sde.diffusion(t) ** 2 / sde.path.sigma(t) ** 2
-        cdf = torch.cat([torch.zeros(1, dtype=torch.float64),
-                         torch.cumsum(0.5 * (dens[1:] + dens[:-1]) * (t[1:] - t[:-1]), 0)])
-        self.t, self.cdf, self.z = t, cdf / cdf[-1], float(cdf[-1])
-
-    def density(self, t: Tensor) -> Tensor:
-        """q(t) = g² / (Z sigma²): shape of t."""
-        return self.sde.diffusion(t) ** 2 / self.sde.path.sigma(t) ** 2 / self.z
-
-    def sample(self, n: int, generator: torch.Generator) -> Tensor:
-        """n times from q by linear interpolation of the inverse CDF: (n,) float32."""
-        u = torch.rand(n, generator=generator, dtype=torch.float64)
-        i = torch.searchsorted(self.cdf, u).clamp(1, len(self.cdf) - 1)
-        c0, c1, t0, t1 = self.cdf[i - 1], self.cdf[i], self.t[i - 1], self.t[i]
-        return (t0 + (u - c0) / (c1 - c0).clamp_min(1e-300) * (t1 - t0)).float()
-
 
 @dataclass
 class DenoisingScoreMatching:
@@ -145,7 +108,6 @@ class DenoisingScoreMatching:
         """The score function of a model trained with this objective."""
         return score_from_epsilon_model(model, self.sde)
 
-
 def probability_flow_log_likelihood(sde: SDE, score_fn: Callable, x1: Tensor, steps: int = 100,
                                     method: str = "rk4", estimator: str = "exact",
                                     generator: torch.Generator | None = None,
@@ -153,7 +115,7 @@ def probability_flow_log_likelihood(sde: SDE, score_fn: Callable, x1: Tensor, st
     """log p_t(x1) at t = ``t_end`` (default t_max) of the probability-flow ODE (Song et al.,
     2021, eq. 13 and App. D.2) with the prior ``sde.prior_log_prob`` at t_min: (B,).
 
-    ``minigen.likelihood.log_likelihood`` integrates over [0, 1]; VP and sub-VP stop at
+    ``minigen.recipe.likelihood.log_likelihood`` integrates over [0, 1]; VP and sub-VP stop at
     t_max < 1 (sigma(1) = 0 makes the score infinite), so the ODE is run in tau in [0, 1] with
     t = t_min + (1 - (1 - tau)^warp) (t_end - t_min) and dx/dtau = dt/dtau v(x, t): an exact
     change of variables (the divergence term scales with it) whose fixed steps, for warp > 1,
@@ -174,7 +136,6 @@ def probability_flow_log_likelihood(sde: SDE, score_fn: Callable, x1: Tensor, st
 
     return log_likelihood(v_unit, x1, sde.prior_log_prob, steps=steps, method=method,
                           estimator=estimator, generator=generator)
-
 
 def discrete_nll_bound(sde: SDE, eps_model: Callable, x: Tensor, decoder, t_end: float,
                        generator: torch.Generator, steps: int = 24, warp: float = 3.0,
@@ -202,7 +163,6 @@ def discrete_nll_bound(sde: SDE, eps_model: Callable, x: Tensor, decoder, t_end:
     log_dec = decoder.log_prob(x, denoise(sde, eps_model, xt, t_end)).flatten(1).sum(1)
     return -log_p - log_dec.to(log_p) + log_q
 
-
 def time_at_sigma(sde: SDE, sigma: float, t_from: float = 0.5, points: int = 20001) -> float:
     """The t in [t_from, t_max] where the path's noise std sigma(t) is nearest ``sigma``, on a
     grid of ``points`` times: where to noise data to before decoding it (``discrete_nll_bound``)."""
@@ -213,7 +173,6 @@ def time_at_sigma(sde: SDE, sigma: float, t_from: float = 0.5, points: int = 200
         raise ValueError(f"sigma must lie in [{lo:.3g}, {hi:.3g}] (sigma(t) for t in [{t_from}, "
                          f"{sde.t_max}]), got {sigma}")
     return float(ts[(sig - sigma).abs().argmin()])
-
 
 def denoise(sde: SDE, eps_model: Callable, x: Tensor, t: float | None = None) -> Tensor:
     """Tweedie's denoising step: E[x1 | x_t = x] = (x - sigma eps_theta(x, t)) / alpha at

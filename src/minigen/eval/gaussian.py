@@ -19,7 +19,8 @@ import math
 
 import torch
 
-from .paths import GaussianPath, expand_t
+from minigen.broadcast import expand_t
+from minigen.recipe.paths import GaussianPath
 
 Tensor = torch.Tensor
 

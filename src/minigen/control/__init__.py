@@ -1,0 +1,1 @@
+"""Guidance and control of a trained model (chapter 11). Empty until then."""

@@ -1,0 +1,1 @@
+"""Discrete and autoregressive models (chapter 14). Empty until then."""

@@ -1,0 +1,1 @@
+"""Normalizing flows: invertible maps with an exact likelihood (chapter 07). Empty until then."""

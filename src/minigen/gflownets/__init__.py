@@ -1,0 +1,1 @@
+"""Generative flow networks (chapter 15). Empty until then."""

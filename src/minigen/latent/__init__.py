@@ -1,0 +1,4 @@
+"""Latent-variable models.
+
+    vae.py   a convolutional VAE (the first stage of DiffuseVAE, chapter 02)
+"""

@@ -1,0 +1,8 @@
+"""Networks, all called as ``model(x, t, cond=None)`` with t in [0, 1] of shape (B,).
+No paradigm is imported here.
+
+    mlp.py          the 2D toys' MLP (time and condition concatenated to the input)
+    embeddings.py   sinusoidal time embedding and label embedding
+    unet.py         a small U-Net for 8x8 to 28x28 images
+    transformer.py  a patch transformer with DiT's adaLN blocks
+"""

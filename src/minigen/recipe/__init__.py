@@ -1,0 +1,15 @@
+"""The five parts of the recipe (DESIGN.md): x_t = alpha(t) x1 + sigma(t) x0 (+ gamma(t) z),
+t = 0 the source, t = 1 the data.
+
+    couplings.py      part 1: how x0 and x1 are paired (independent, exact OT, Sinkhorn, Gibbs weights)
+    paths.py          part 2: Gaussian paths, their schedules and exact prediction conversions
+    time_samplers.py  part 3: where in t a loss looks (uniform, logit-normal, mode, likelihood IS, EDM)
+    objectives.py     part 3: conditional flow matching, the per-t diagnostic, the loss result type
+    ode_solvers.py    part 4: fixed-step and adaptive ODE solvers with NFE counts
+    sde.py            part 4: the forward SDE derived from a path (drift, diffusion, prior)
+    sde_solvers.py    part 4: Euler–Maruyama and predictor–corrector samplers
+    likelihood.py     part 4: the exact (or Hutchinson) log-likelihood of a flow
+    wrappers.py       part 5: a trained network seen as a score, epsilon or velocity field
+
+Imports only ``minigen.broadcast`` outside itself: no family folder, no network.
+"""
