@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -81,9 +82,18 @@ def test_readme_markers(tmp_path):
     assert readme.read_text() == "no markers\n"
 
 
-def test_check_targets_reports_misses_and_missing(results, monkeypatch):
-    monkeypatch.setattr(reproduce, "TARGETS", {
-        "01_flow": {"w2": ("<=", 0.15), "ratio": (">=", 20.0), "gone": ("<=", 1.0)}})
+def use_specs(monkeypatch, tmp_path, specs: dict[str, str]):
+    """Chapter specs (TOML text per chapter) in a scratch notebooks/ folder."""
+    (tmp_path / "notebooks").mkdir(exist_ok=True)
+    for chapter, text in specs.items():
+        (tmp_path / "notebooks" / f"{chapter}.toml").write_text(text)
+    real = reproduce.chapter_spec
+    monkeypatch.setattr(reproduce, "chapter_spec", lambda c, root=None: real(c, tmp_path))
+
+
+def test_check_targets_reports_misses_and_missing(results, monkeypatch, tmp_path):
+    use_specs(monkeypatch, tmp_path, {"01_flow": '[targets]\nw2 = ["<=", 0.15]\nratio = [">=", 20.0]\n'
+                                                 'gone = ["<=", 1.0]\n'})
     write_result(results, "full", "01_flow", {"w2": 0.1, "ratio": 7.5})
     misses = reproduce.check_targets("full", ["01_flow"])
     assert misses == ["01_flow: ratio = 7.5, target >= 20",
@@ -93,15 +103,37 @@ def test_check_targets_reports_misses_and_missing(results, monkeypatch):
 
 
 def test_missing_results_file_misses_every_target(results):
-    chapter = next(iter(reproduce.TARGETS))
+    chapter = "01_flow_matching"  # the real spec, notebooks/01_flow_matching.toml
+    targets = reproduce.chapter_spec(chapter).targets
+    assert targets
     misses = reproduce.check_targets("full", [chapter])
-    assert len(misses) == len(reproduce.TARGETS[chapter])
+    assert len(misses) == len(targets)
     assert all("missing" in m for m in misses)
 
 
-def test_headline_table_shows_targets(results, monkeypatch):
-    monkeypatch.setattr(reproduce, "TARGETS", {"01_flow": {"w2": ("<=", 0.15)}})
-    monkeypatch.setattr(reproduce, "HEADLINE", {})
+def test_every_chapter_spec_reads_and_names_recorded_metrics():
+    """Each notebooks/<chapter>.toml parses, and its targets and headline name metrics the
+    committed full results hold (a renamed metric would silently leave the table)."""
+    root = Path(__file__).resolve().parents[1]
+    for nb in sorted((root / "notebooks").glob("[0-9][0-9]_*.py")):
+        spec = reproduce.chapter_spec(nb.stem, root)
+        full = root / "results" / "full" / f"{nb.stem}.json"
+        if not full.is_file():
+            continue
+        recorded = set(json.loads(full.read_text())["metrics"])
+        missing = [n for n in [*spec.headline, *spec.targets] if n not in recorded]
+        assert not missing, f"{nb.stem}.toml names metrics its full results lack: {missing}"
+
+
+def test_a_malformed_target_is_refused(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "notebooks" / "07_x.toml").write_text('[targets]\nw2 = ["~", 0.1]\n')
+    with pytest.raises(ValueError, match="07_x.toml"):
+        reproduce.chapter_spec("07_x", tmp_path)
+
+
+def test_headline_table_shows_targets(results, monkeypatch, tmp_path):
+    use_specs(monkeypatch, tmp_path, {"01_flow": '[targets]\nw2 = ["<=", 0.15]\n'})
     write_result(results, "full", "01_flow", {"w2": 0.1, "nfe": 38})
     write_result(results, "full", "02_x", {"a": 1.0})
     lines = reproduce.headline_table(reproduce.load_results("full")).splitlines()

@@ -318,7 +318,7 @@ class SubVPPath(GaussianPath):
 
     def __init__(self, vp: GaussianPath | None = None, source_is_gaussian: bool | None = None):
         if vp is None:
-            vp = VPLinearBetaPath(source_is_gaussian=True if source_is_gaussian is None else source_is_gaussian)
+            vp = VPLinearBetaPath(source_is_gaussian=source_is_gaussian is not False)
         self.vp = vp
         self.tol, self.t_min, self.t_max = vp.tol, vp.t_min, vp.t_max
         super().__init__(vp.source_is_gaussian if source_is_gaussian is None else source_is_gaussian)

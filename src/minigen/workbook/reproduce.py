@@ -15,7 +15,7 @@ It then writes the results tables: ``results/RESULTS.md`` from ``results/full/``
 (and, for a CPU ``--full`` run, the headline table between the README's
 ``<!-- results:start -->`` / ``<!-- results:end -->`` markers), or
 ``results/quick/RESULTS.md`` for ``--quick``. ``--check`` asserts the full-mode
-targets in ``TARGETS``; a failing notebook or a missed target exits non-zero.
+targets in each chapter's ``notebooks/<chapter>.toml``; a failing notebook or a missed target exits non-zero.
 """
 
 from __future__ import annotations
@@ -40,118 +40,38 @@ KERNEL_DISPLAY_NAME = "Python (minigen)"
 README_START = "<!-- results:start -->"
 README_END = "<!-- results:end -->"
 
-# Full-mode targets: chapter -> metric -> (op, threshold). A missing metric is a miss.
-TARGETS: dict[str, dict[str, tuple[str, float]]] = {
-    "01_flow_matching": {
-        "w2sq_euler1_otcfm_8gaussians-moons": ("<=", 0.15),
-        "w2sq_adaptive_icfm_8gaussians-moons": ("<=", 0.15),
-        "w2sq_adaptive_otcfm_8gaussians-moons": ("<=", 0.15),
-        "ratio_w2sq_euler1_icfm_over_otcfm_8gaussians-moons": (">=", 20.0),
-    },
-    "02_denoising_diffusion": {
-        "confidence_best": (">=", 0.8),
-        "class_share_min_best": (">=", 0.05),
-        "class_share_max_best": ("<=", 0.15),
-        "bpd_ratio_bound_over_pixels": ("<", 1.0),
-        "fd_ratio_refiner_over_vae": ("<", 1.0),
-    },
-    "03_score_sde": {  # the issue's image targets, and Song et al.'s sub-VP likelihood direction
-        "mnist_top_class_prob_best": (">=", 0.8),
-        "mnist_class_min_best": (">=", 0.05),
-        "mnist_class_max_best": ("<=", 0.15),
-        # the ODE's codelength through noise and a decoder (uniform dequantisation: reported, and
-        # above the per-pixel model)
-        "bpd_ratio_mnist_decoded_over_pixels": ("<", 1.0),
-        "nll_2d_diff_subvp_minus_vp": ("<", 0.0),
-    },
-    "04_straight_paths": {  # after one reflow one Euler step works; the identity closes (MC error)
-        "w2sq_euler1_2RF": ("<=", 0.3),
-        "w2sq_euler1_1RF": (">=", 2.0),
-        "gauss_identity_gap_over_se": ("<=", 3.0),
-        "identity_gap_over_se_1RF": ("<=", 3.0),
-        "identity_gap_over_se_2RF": ("<=", 3.0),  # issue 4's target; missed (learned-field error)
-        "gauss_kinetic_mismatch_over_se": ("<=", 3.0),
-        "gauss_cross_over_se": ("<=", 3.0),
-        "identity_any_field_closure_2RF": ("<=", 1e-4),
-        "mid_weighted_beats_uniform_euler8": (">=", 1),
-        "mid_weighted_beats_uniform_euler8_dit": (">=", 1),
-    },
-    "05_unifying_frameworks": {  # every eps of the SDE family within the ODE's seed range (issue 4)
-        "n_eps_within_ode_range_8gaussians-moons": (">=", 5),
-        "n_eps_within_ode_range_normal-checkerboard": (">=", 5),
-        "max_gap_w2sq_sde_vs_ode_8gaussians-moons": ("<=", 0.045),
-        "exact_fields_mean_err_se_eps2": ("<", 5.0),
-        "exact_fields_cov_err_se_eps2": ("<", 5.0),
-        "gm_mean_err_se_mix_superposition_w0p5": ("<", 5.0),
-    },
-    "06_poisson_flows": {  # PFGM++'s robustness ordering: state noise hurts smaller D less
-        "kernel_moment_rel_err_max": ("<", 0.02),
-        "ratio_w2sq_increase_D4_over_Dinf_alpha0.4": ("<", 1.0),
-        "ratio_fd_D4_over_Dinf_alpha0.5": ("<", 1.0),
-    },
-}
-
-# The README shows these headline figures per chapter (results/RESULTS.md shows all);
-# a chapter not listed here shows its TARGETS metrics, or all its metrics if it has none.
-HEADLINE: dict[str, list[str]] = {
-    "00_unified_picture": [f"conversion_rel_err_{p}" for p in
-                           ("linear", "vp_cosine", "vp_linear", "ve")],
-    "01_flow_matching": [
-        "w2sq_euler1_icfm_8gaussians-moons", "w2sq_euler1_otcfm_8gaussians-moons",
-        "ratio_w2sq_euler1_icfm_over_otcfm_8gaussians-moons",
-        "w2sq_adaptive_icfm_8gaussians-moons", "w2sq_adaptive_otcfm_8gaussians-moons",
-        "nfe_adaptive_icfm_8gaussians-moons", "nfe_adaptive_otcfm_8gaussians-moons",
-        "w2sq_euler1_otcfm_sinkhorn_8gaussians-moons", "w2sq_euler1_wcfm_8gaussians-moons",
-        "w2sq_euler1_sbcfm_8gaussians-moons",
-        "ms_per_step_icfm_8gaussians-moons", "ms_per_step_otcfm_8gaussians-moons",
-        "ms_per_step_otcfm_sinkhorn_8gaussians-moons",
-        "nll_checkerboard_icfm", "nll_checkerboard_otcfm", "nll_checkerboard_true_entropy"],
-    "02_denoising_diffusion": [
-        "nll_simple_moons", "nll_vlb_moons", "w2sq_simple_moons", "w2sq_vlb_moons",
-        "w2sq_ancestral_T1000_moons", "w2sq_DDIM_eta0_50_moons", "w2sq_ODE_Heun_50_NFE_moons",
-        "fd_ratio_best", "precision_best", "recall_best", "confidence_best",
-        "class_share_min_best", "class_share_max_best", "fd_ratio_VAE_alone",
-        "fd_ratio_VAE_refiner", "bpd_L_simple_beta", "bpd_L_simple_fitted", "bpd_bound-tuned_fitted",
-        "bpd_bound-tuned_fitted_levels", "bpd_ddpm_bound",
-        "bpd_best_bound_decoder_L0", "bpd_best_bound_steps_2_12", "bpd_independent_pixels"],
-    "03_score_sde": [
-        "w2sq_em_vp", "w2sq_pc_vp", "w2sq_ode_vp", "w2sq_em_vs_ode_vp", "w2sq_pc_ve", "w2sq_ode_ve",
-        "w2sq_floor_2d", "nll_2d_vp", "nll_2d_subvp", "nll_2d_diff_subvp_minus_vp",
-        "nll_2d_diff_subvp_lik_minus_subvp", "nll_2d_true_entropy",
-        "bpd_digits_vp", "bpd_digits_subvp", "bpd_digits_independent_pixels",
-        "mnist_fd_ratio_best", "mnist_top_class_prob_best", "mnist_class_min_best",
-        "mnist_class_max_best", "bpd_mnist", "bpd_mnist_decoded", "bpd_mnist_independent_pixels",
-        "bpd_mnist_conv_warp1_steps12", "bpd_mnist_conv_warp3_steps24"],
-    "04_straight_paths": [
-        "w2sq_euler1_1RF", "w2sq_euler1_2RF", "w2sq_euler1_3RF", "w2sq_euler1_3RF_distilled",
-        "w2sq_adaptive_1RF", "w2sq_adaptive_2RF", "straightness_1RF", "straightness_2RF",
-        "cost_x_1RF", "cost_z_1RF", "cost_z_2RF", "cost_z_3RF", "identity_gap_over_se_1RF",
-        "identity_gap_over_se_2RF", "rd_ddim1_teacher", "rd_ddim1_a_vp_eps", "rd_ddim1_a_vp_x1",
-        "kinetic_mismatch_2RF", "cross_2RF",
-        "rd_ddim1_b_linear", "fd_euler8_uniform", "fd_euler8_logit_normal", "fd_euler8_mode",
-        "fd_euler8_uniform_dit", "fd_euler8_logit_normal_dit", "fd_euler8_mode_dit",
-        "fd_floor_digits"],
-    "05_unifying_frameworks": [
-        *(f"w2sq_eps{e}_mean_{m}" for m in ("8gaussians-moons", "normal-checkerboard")
-          for e in ("0", "0p5", "2")),
-        "w2sq_eps2_1000steps_mean_8gaussians-moons", "w2sq_eps2_1000steps_mean_normal-checkerboard",
-        "w2sq_eps2_eta5000_mean_8gaussians-moons", "w2sq_eps2_eta5000_mean_normal-checkerboard",
-        "w2sq_floor_8gaussians-moons",
-        "n_eps_within_ode_range_8gaussians-moons", "n_eps_within_ode_range_normal-checkerboard",
-        "robust_increase_w2sq_eps0", "robust_increase_w2sq_eps0p5", "robust_increase_w2sq_eps2",
-        "gm_w1_mix_flow", "gm_w1_mix_jump", "gm_w1_mix_jump_posterior",
-        "gm_w1_mix_superposition_w0p5", "gm_w1_floor_mix", "exact_fields_cov_err_se_eps2"],
-    "06_poisson_flows": [
-        "w2sq_floor_2d", *(f"w2sq_2d_{d}_alpha0" for d in ("D2", "D4", "D16", "Dinf")),
-        *(f"w2sq_increase_2d_{d}_alpha0.4" for d in ("D2", "D4", "D16", "Dinf")),
-        "w2sq_2d_D4_nfe10", "w2sq_2d_Dinf_nfe10", "fd_floor_digits",
-        *(f"fd_digits_{d}_alpha{a}" for a in ("0", "0.5") for d in ("D4", "D16", "Dinf")),
-        "ratio_w2sq_increase_D4_over_Dinf_alpha0.4", "ratio_fd_D4_over_Dinf_alpha0.5",
-        *(f"fd_increase_digits_{d}_alpha0.5_seed{k}" for d in ("D4", "Dinf") for k in (0, 1)),
-        "fd_digits_D4_alpha0_seed_range"],
-}
-
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
+
+
+@dataclass
+class ChapterSpec:
+    """A chapter's own data, ``notebooks/<chapter>.toml``: its full-mode targets (metric ->
+    (operator, threshold); a missing metric is a miss) and the README's headline metrics."""
+
+    targets: dict[str, tuple[str, float]]
+    headline: list[str]
+
+
+def chapter_spec(chapter: str, root: Path | None = None) -> ChapterSpec:
+    """Read ``notebooks/<chapter>.toml`` (no file: no targets, every metric a headline).
+
+    Raises ValueError naming the file for an unknown operator or a malformed entry."""
+    import tomllib
+
+    from minigen.workbook.record import repo_root
+
+    path = notebooks_dir(root or repo_root()) / f"{chapter}.toml"
+    if not path.is_file():
+        return ChapterSpec({}, [])
+    data = tomllib.loads(path.read_text())
+    targets = {}
+    for name, entry in data.get("targets", {}).items():
+        if not (isinstance(entry, list) and len(entry) == 2 and entry[0] in _OPS
+                and isinstance(entry[1], (int, float))):
+            raise ValueError(f"{path}: target {name!r} must be [operator, number] with an operator "
+                             f"in {sorted(_OPS)}, got {entry!r}")
+        targets[name] = (entry[0], float(entry[1]))
+    return ChapterSpec(targets, list(data.get("headline", [])))
 
 
 @dataclass
@@ -386,8 +306,10 @@ def results_table(records: list[dict]) -> str:
 
 
 def headline_names(chapter: str, metrics: dict) -> list[str]:
-    """The metrics the README shows for a chapter (see ``HEADLINE``)."""
-    names = HEADLINE.get(chapter) or list(TARGETS.get(chapter, {})) or list(metrics)
+    """The metrics the README shows for a chapter (its spec's ``headline``, else its targets,
+    else all of them)."""
+    spec = chapter_spec(chapter)
+    names = spec.headline or list(spec.targets) or list(metrics)
     return [n for n in names if n in metrics]
 
 
@@ -399,7 +321,7 @@ def headline_table(records: list[dict]) -> str:
         chapter, metrics = rec["chapter"], rec.get("metrics", {})
         for name in headline_names(chapter, metrics):
             m = metrics[name]
-            target = TARGETS.get(chapter, {}).get(name)
+            target = chapter_spec(chapter).targets.get(name)
             target_text = f"{target[0]} {target[1]:g}" if target else ""
             lines.append(f"| {chapter} | `{name}` | {format_value(m['value'])} "
                          f"| {m.get('unit', '')} | {m.get('better', '')} | {target_text} |")
@@ -449,12 +371,12 @@ def update_readme(readme: Path, table: str) -> bool:
 # --------------------------------------------------------------------------- targets
 
 def check_targets(mode: str, chapters: list[str]) -> list[str]:
-    """Misses of ``TARGETS`` for the given chapters in ``results/<mode>/`` (missing = miss)."""
+    """Misses of the chapters' targets (``chapter_spec``) in ``results/<mode>/`` (missing = miss)."""
     from minigen.workbook.record import results_dir
 
     misses = []
     for chapter in chapters:
-        targets = TARGETS.get(chapter, {})
+        targets = chapter_spec(chapter).targets
         path = results_dir(mode) / f"{chapter}.json"
         metrics = json.loads(path.read_text())["metrics"] if path.is_file() else {}
         for name, (op, threshold) in targets.items():
@@ -546,7 +468,7 @@ def report_check(mode: str, chapters: list[str]) -> int:
         print("reproduce: targets missed:\n" + "\n".join(f"  {m}" for m in misses),
               file=sys.stderr)
         return 1
-    n = sum(len(TARGETS.get(c, {})) for c in chapters)
+    n = sum(len(chapter_spec(c).targets) for c in chapters)
     print(f"reproduce: all {n} target(s) met")
     return 0
 
