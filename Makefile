@@ -7,9 +7,11 @@
 #                    results/RESULTS.md and the README table, build book/_build/html
 #   make book-quick  build the book from the notebooks already in build/executed/ (CI)
 #   make site-test   browser test of the built book (chromium, offline)
+#   make test-gpu    the GPU smoke test (every loss and sampler on CUDA; skipped without one)
 #   make check       assert the full-mode targets on results/full/ (no execution)
 #
-# Variables: PYTHON (interpreter for the venv, default python3), JOBS (default 2).
+# Variables: PYTHON (interpreter for the venv, default python3), JOBS (default 2),
+# PIN (pip constraints, default -c constraints.txt; PIN= installs unpinned).
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -17,6 +19,7 @@ SHELL := bash
 
 PYTHON ?= python3
 JOBS ?= 2
+PIN ?= -c constraints.txt
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.minigen-installed
@@ -37,16 +40,16 @@ MATHJAX := book/_vendor/mathjax/tex-mml-chtml.js
 NPM_PREFIX := build/npm
 
 .PHONY: help venv classifier test unit nbval lint book book-quick book-html site-test \
-	check mathjax clean
+	check mathjax clean test-gpu
 
 help:
-	@sed -n '3,13p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,14p' Makefile | sed 's/^# \{0,1\}//'
 
 # ------------------------------------------------------------------ environment
-# Reinstalls when pyproject.toml or constraints.txt change (constraints pin the CPU torch).
+# Reinstalls when pyproject.toml or constraints.txt change (the lock: every dependency pinned).
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install $(PIN) -e ".[dev]"
 	$(PY) -m ipykernel install --sys-prefix --name minigen --display-name "Python (minigen)"
 	touch $@
 
@@ -59,6 +62,10 @@ test: venv classifier
 
 unit: venv
 	$(PY) -m pytest tests
+
+# Every loss and sampler for a few steps on CUDA (skips, and says so, without a CUDA device).
+test-gpu: venv
+	$(PY) -m pytest -m gpu tests/test_gpu.py -rs
 
 # Determinism: re-execute the executed quick notebooks and compare their text outputs.
 nbval: venv

@@ -69,8 +69,6 @@
 # steps, where the sample's shape is decided.
 
 # %% tags=["parameters"]
-from minigen.data import images, toy2d
-from minigen.eval import bits
 from minigen.workbook.record import quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
@@ -107,7 +105,8 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
-from minigen.diffusion.ddpm import DDPMSchedule
+from minigen.data import images, toy2d
+from minigen.diffusion.ddpm import DDPMLoss, DDPMSchedule
 from minigen.diffusion.ddpm_bound import (
     decoder_nll,
     decoder_nll_continuous,
@@ -118,12 +117,13 @@ from minigen.diffusion.ddpm_bound import (
     prior_kl,
     step_kl,
 )
-from minigen.eval import fd
+from minigen.eval import bits, fd
 from minigen.eval.bits import LevelDecoder, unit_interval_bins
 from minigen.eval.metrics import wasserstein2_squared
 from minigen.nets.mlp import MLP
 from minigen.nets.unet import UNet
 from minigen.recipe.ode_solvers import integrate
+from minigen.recipe.results import SampleResult
 from minigen.recipe.wrappers import velocity_from_epsilon_model
 from minigen.train import pick_device, train
 from minigen.workbook.record import ResultsTable, metric, record
@@ -190,15 +190,8 @@ show_source(DDPMSchedule.l_vlb)
 
 
 # %%
-def eps_loss(kind):
-    """The training loss protocol of minigen.train for an epsilon model."""
-    def loss_fn(model, x, generator, per_sample):
-        if kind == "simple":
-            per, t = S.l_simple(model, x, generator)
-        else:
-            per, t = S.l_vlb(model, x, generator, importance=True)
-        return per.mean(), (per.detach() if per_sample else None), t
-    return loss_fn
+# L_simple, and the bound with importance-sampled k, as train's objectives
+DDPM_LOSSES = {"simple": DDPMLoss(S, "simple"), "vlb": DDPMLoss(S, "vlb", importance=True)}
 
 
 toy_models, toy_eval = {}, {}
@@ -208,14 +201,14 @@ floor = wasserstein2_squared(toy2d.sample_2d(toy, n_eval, g_eval), x_test)
 for kind in ("simple", "vlb"):
     for s in range(toy_seeds):
         torch.manual_seed(seed + s)  # the initial weights: the same for both losses
-        res = train(MLP(2, width=toy_width, depth=3), eps_loss(kind),
+        res = train(MLP(2, width=toy_width, depth=3), DDPM_LOSSES[kind].loss,
                     lambda gen: (toy2d.sample_2d(toy, toy_batch, gen),),
                     steps=toy_steps, lr=1e-3, ema_decay=ema_decay, seed=seed + s, progress=False)
         m = res.ema
         with torch.no_grad():
             nll = nll_bound(S, m, x_test, torch.Generator().manual_seed(s), bin_width=None,
                               terms=toy_nll_terms)
-            xs = S.ancestral_sample(m, (n_eval, 2), torch.Generator().manual_seed(s))
+            xs = S.ancestral_sample(m, (n_eval, 2), torch.Generator().manual_seed(s)).x
         toy_models[kind, s] = m
         toy_eval[kind, s] = {"nll": float(nll.mean()), "w2sq": wasserstein2_squared(xs, x_test),
                              "samples": xs, "ms": res.ms_per_step}
@@ -284,7 +277,7 @@ variance_eval = {"beta": {key: toy_eval["simple", 0][key] for key in ("nll", "w2
 with torch.no_grad():
     nll_v = float(nll_bound(S, m, x_test, torch.Generator().manual_seed(0), variance="beta_tilde",
                               bin_width=None, terms=toy_nll_terms).mean())
-    xs_v = S.ancestral_sample(m, (n_eval, 2), torch.Generator().manual_seed(0), variance="beta_tilde")
+    xs_v = S.ancestral_sample(m, (n_eval, 2), torch.Generator().manual_seed(0), variance="beta_tilde").x
 variance_eval["beta_tilde"] = {"nll": nll_v, "w2sq": wasserstein2_squared(xs_v, x_test)}
 for var, r in variance_eval.items():
     print(f"sigma² = {var:10s}: bound {r['nll']:.3f} nats, ancestral W2² {r['w2sq']:.4f}")
@@ -304,21 +297,19 @@ show_source(velocity_from_epsilon_model)
 # %%
 m = toy_models["simple", 0]
 v = velocity_from_epsilon_model(m, path)
-samplers = {}
+samplers = {}  # name -> SampleResult: every sampler reports its samples and its NFE
 g0 = torch.Generator().manual_seed(seed + 5)
 noise = torch.randn(n_eval, 2, generator=g0)
 with torch.no_grad():
-    samplers["ancestral T=1000"] = (toy_eval["simple", 0]["samples"], S.T)
+    samplers["ancestral T=1000"] = SampleResult(toy_eval["simple", 0]["samples"], S.T)
     for n in (10, 50):
-        samplers[f"ancestral {n}"] = (S.ancestral_sample(m, (n_eval, 2), g0, steps=n, x_init=noise), n)
-        samplers[f"DDIM eta=0 {n}"] = (S.ddim_sample(m, (n_eval, 2), g0, steps=n, x_init=noise), n)
-        samplers[f"DDIM eta=1 {n}"] = (S.ddim_sample(m, (n_eval, 2), g0, steps=n, eta=1.0,
-                                                     x_init=noise), n)
-        sol = integrate(v, noise, "heun", n // 2, 0.0, path.t_max)
-        samplers[f"ODE Heun {n} NFE"] = (sol.x, sol.nfe)
-sampler_w2 = {name: wasserstein2_squared(xs, x_test) for name, (xs, _) in samplers.items()}
-for name, (_xs, nfe) in samplers.items():
-    print(f"{name:20s} NFE {nfe:5d}  W2² {sampler_w2[name]:.4f}")
+        samplers[f"ancestral {n}"] = S.ancestral_sample(m, (n_eval, 2), g0, steps=n, x_init=noise)
+        samplers[f"DDIM eta=0 {n}"] = S.ddim_sample(m, (n_eval, 2), g0, steps=n, x_init=noise)
+        samplers[f"DDIM eta=1 {n}"] = S.ddim_sample(m, (n_eval, 2), g0, steps=n, eta=1.0, x_init=noise)
+        samplers[f"ODE Heun {n} NFE"] = integrate(v, noise, "heun", n // 2, 0.0, path.t_max)
+sampler_w2 = {name: wasserstein2_squared(r.x, x_test) for name, r in samplers.items()}
+for name, r in samplers.items():
+    print(f"{name:20s} NFE {r.nfe:5d}  W2² {sampler_w2[name]:.4f}")
 
 # %%
 # The exact equivalence behind the conversion: the ODE field is the path's
@@ -363,7 +354,7 @@ def image_batch_sampler(gen):
 
 
 torch.manual_seed(seed)  # initial weights
-res_img = train(UNet(base=unet_base), eps_loss("simple"), image_batch_sampler, steps=image_steps, lr=image_lr,
+res_img = train(UNet(base=unet_base), DDPM_LOSSES["simple"].loss, image_batch_sampler, steps=image_steps, lr=image_lr,
                 lr_schedule="cosine", warmup=min(100, image_steps // 5), ema_decay=image_ema, grad_clip=1.0,
                 seed=seed, device=device, progress=False)
 unet = res_img.ema.cpu().eval()
@@ -372,7 +363,7 @@ print(f"U-Net: {sum(p.numel() for p in unet.parameters()):,} parameters, "
 
 # The bound on images: a copy fine-tuned on the (importance-sampled) bound, for the
 # L_simple-vs-bound comparison at image scale, at a fraction of the cost of a second model.
-res_vlb = train(copy.deepcopy(unet).train().requires_grad_(True), eps_loss("vlb"), image_batch_sampler,
+res_vlb = train(copy.deepcopy(unet).train().requires_grad_(True), DDPM_LOSSES["vlb"].loss, image_batch_sampler,
                 steps=vlb_finetune_steps, lr=2e-4, ema_decay=0.99, grad_clip=1.0, seed=seed + 1,
                 device=device, progress=False)
 unet_vlb = res_vlb.ema.cpu().eval()
@@ -395,11 +386,11 @@ def image_quality(x):
 v_img = velocity_from_epsilon_model(unet, path)
 shape = (n_gen, 1, image_size, image_size)
 img_samplers = {
-    f"DDIM {ddim_steps}": lambda g: S.ddim_sample(unet, shape, g, steps=ddim_steps),
-    "ancestral 100": lambda g: S.ancestral_sample(unet, shape, g, steps=100),
+    f"DDIM {ddim_steps}": lambda g: S.ddim_sample(unet, shape, g, steps=ddim_steps).x,
+    "ancestral 100": lambda g: S.ancestral_sample(unet, shape, g, steps=100).x,
     "ODE Heun 50 NFE": lambda g: integrate(v_img, torch.randn(shape, generator=g), "heun", 25,
                                            0.0, path.t_max).x,
-    f"bound-tuned DDIM {ddim_steps}": lambda g: S.ddim_sample(unet_vlb, shape, g, steps=ddim_steps),
+    f"bound-tuned DDIM {ddim_steps}": lambda g: S.ddim_sample(unet_vlb, shape, g, steps=ddim_steps).x,
 }
 if quick:
     img_samplers = {k: v for k, v in img_samplers.items() if "DDIM" in k}
@@ -567,9 +558,9 @@ def refiner_batch(gen):
     return x_train[i], y_train[i]
 
 
-def refiner_loss(model, x, y, generator, per_sample):
-    per, t = S.l_simple(lambda xx, tt: model(xx, tt, cond_image=y), x, generator)
-    return per.mean(), (per.detach() if per_sample else None), t
+def refiner_loss(model, x, y, **kw):
+    """L_simple with the VAE's reconstruction y as the U-Net's conditioning image."""
+    return DDPM_LOSSES["simple"].loss(model, x, cond_image=y, **kw)
 
 
 torch.manual_seed(seed)
@@ -583,8 +574,7 @@ print(f"refiner U-Net: {res_ref.wall_s:.0f} s for {refiner_steps} steps")
 g_vae = torch.Generator().manual_seed(seed + 21)
 with torch.no_grad():
     y_gen = vae.sample(n_gen, g_vae)
-    x_ref = S.ddim_sample(lambda xx, tt: refiner(xx, tt, cond_image=y_gen), y_gen.shape, g_vae,
-                          steps=ddim_steps)
+    x_ref = S.ddim_sample(refiner, y_gen.shape, g_vae, steps=ddim_steps, cond_image=y_gen).x
 img_eval["VAE alone"] = image_quality(y_gen)
 img_eval["VAE + refiner"] = image_quality(x_ref)
 for name in ("VAE alone", "VAE + refiner"):

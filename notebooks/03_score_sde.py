@@ -59,8 +59,6 @@
 #   $\sigma(t)=\sigma_\max(\sigma_\min/\sigma_\max)^t$, $f=0$.
 
 # %% tags=["parameters"]
-from minigen.data import images, toy2d
-from minigen.eval import bits
 from minigen.workbook.record import quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
@@ -101,6 +99,7 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
+from minigen.data import images, toy2d
 from minigen.diffusion.score_matching import (
     DenoisingScoreMatching,
     denoise,
@@ -108,7 +107,7 @@ from minigen.diffusion.score_matching import (
     probability_flow_log_likelihood,
     time_at_sigma,
 )
-from minigen.eval import fd
+from minigen.eval import bits, fd
 from minigen.eval.bits import LevelDecoder
 from minigen.eval.metrics import wasserstein2_squared
 from minigen.nets.mlp import MLP
@@ -338,9 +337,9 @@ def sample_with(sampler, sde, net, n, gen, nfe, shape_tail=(2,)):
     score = DenoisingScoreMatching(sde).score(eps_fn(net))
     with torch.no_grad():
         if sampler == "em":
-            x = euler_maruyama(sde, score, (n, *shape_tail), gen, steps=nfe)
+            x = euler_maruyama(sde, score, (n, *shape_tail), gen, steps=nfe).x
         elif sampler == "pc":
-            x = predictor_corrector(sde, score, (n, *shape_tail), gen, steps=nfe // 2, snr=snr)
+            x = predictor_corrector(sde, score, (n, *shape_tail), gen, steps=nfe // 2, snr=snr).x
         elif sampler == "ode":
             x0 = sde.prior_sample((n, *shape_tail), gen)
             x = integrate(probability_flow_velocity(sde, score), x0, "rk4", max(nfe // 4, 1),
@@ -489,11 +488,11 @@ for a, b in comparisons:
 # continuous values can be made arbitrarily large on a few discrete points, so we train and
 # evaluate on **dequantised** data, $y=2(k+u)/K-1$ with $u\sim U[0,1)$ on the $K$ levels of each
 # pixel (Theis et al., 2016), and change variables back to the $0..K-1$ scale:
-# $-\log_2 P(k)\le-[\log p(y)+D\log(2/K)]/\log 2$ ({py:func}`minigen.data.bits_per_dim`).
+# $-\log_2 P(k)\le-[\log p(y)+D\log(2/K)]/\log 2$ ({py:func}`minigen.eval.bits.bits_per_dim`).
 # In $D=64$ dimensions the exact divergence costs 64 backward passes per step, so we use
 # Hutchinson's unbiased estimator $\varepsilon^\top(\partial v/\partial x)\varepsilon$
 # (Grathwohl et al., 2019). The baseline is an independent categorical per pixel fitted to the
-# training split with add-one smoothing ({py:func}`minigen.data.independent_pixel_bits_per_dim`).
+# training split with add-one smoothing ({py:func}`minigen.eval.bits.independent_pixel_bits_per_dim`).
 #
 # sklearn's digits have $K=17$ levels, 1437 training and 360 test images. We train one U-Net per
 # SDE (VP and sub-VP, variance weighting, same seed) and compare their test bits/dim.

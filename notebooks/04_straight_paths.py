@@ -89,7 +89,6 @@
 # $Z_0\mapsto Z_0+v_\theta(Z_0,0)$ (Liu et al., §2.3).
 
 # %% tags=["parameters"]
-from minigen.data import images, toy2d
 from minigen.workbook.record import quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
@@ -117,6 +116,7 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
+from minigen.data import images, toy2d
 from minigen.eval import fd
 from minigen.eval.metrics import w2sq_at_steps, wasserstein2_squared
 from minigen.nets.mlp import MLP
@@ -391,7 +391,7 @@ g1 = toy2d.sample_2d("moons", n_eval, eval_gen)
 rd_w2 = {}
 for name, (net, path, pred) in rd.items():
     vel = lambda x, t, net=net, path=path, pred=pred: path.convert(net(x, t), x, t, pred, "velocity")
-    r = {f"ddim{k}": wasserstein2_squared(ddim_sample(net, path, pred, g0, k), g1) for k in (1, 2, 4, 100)}
+    r = {f"ddim{k}": wasserstein2_squared(ddim_sample(net, path, pred, g0, k).x, g1) for k in (1, 2, 4, 100)}
     r.update({f"euler{k}": wasserstein2_squared(integrate(vel, g0, "euler", k, 0.0, path.t_max).x, g1)
               for k in (1, 2, 4)})
     r["straightness"] = float(flow_terms(vel, g0, 100)["straightness"].mean())

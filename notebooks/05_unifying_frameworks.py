@@ -188,7 +188,7 @@ x1_ref = dst_mix.sample(n_eval, g)
 mix_mean, mix_cov = dst_mix.mean_cov()
 exact_w2, exact_se = {}, {}
 for eps in eps_list:
-    x = si.sample_sde(b_exact, eta_exact, exact_interp, src_mix.sample(n_eval, g), eps, sde_steps, g)
+    x = si.sample_sde(b_exact, eta_exact, exact_interp, src_mix.sample(n_eval, g), eps, sde_steps, g).x
     exact_w2[eps] = wasserstein2_squared(x, x1_ref)
     exact_se[eps] = moment_errors_in_standard_errors(x, mix_mean, mix_cov)
 exact_floor = float(np.mean([wasserstein2_squared(dst_mix.sample(n_eval, g), x1_ref) for _ in range(3)]))
@@ -256,7 +256,7 @@ for pair, (src, dst, _) in PAIRS.items():
             for r in range(sample_seeds):
                 gs = torch.Generator().manual_seed(seed + 2000 + 10 * k + r)
                 x = si.sample_sde(b, eta, interps[pair], toy2d.sample_2d(src, n_eval, gs), eps,
-                                  sde_steps, gs)
+                                  sde_steps, gs).x
                 w2[pair, eps].append(wasserstein2_squared(x, x1_eval))
                 if k == 0 and r == 0:
                     samples[pair, eps] = x
@@ -327,7 +327,7 @@ if not quick:
             b, eta = fields[pair, k]
             for table, eta_k, n_steps in ((fine, eta, 5 * sde_steps), (early, eta_early[pair, k], sde_steps)):
                 gs = torch.Generator().manual_seed(seed + 2000 + 10 * k)
-                x = si.sample_sde(b, eta_k, interps[pair], toy2d.sample_2d(src, n_eval, gs), eps, n_steps, gs)
+                x = si.sample_sde(b, eta_k, interps[pair], toy2d.sample_2d(src, n_eval, gs), eps, n_steps, gs).x
                 table[pair, eps].append(wasserstein2_squared(x, x1_evals[pair]))
         print(f"{pair:20s} eps = {eps}: ODE {np.mean(w2[pair, 0.0]):.4f}; SDE {np.mean(w2[pair, eps]):.4f} "
               f"({sde_steps} steps, eta after {eta_steps} steps), {np.mean(fine[pair, eps]):.4f} "
@@ -384,7 +384,7 @@ for eps in robust_eps:
         for r in range(2 if quick else 3):
             gs = torch.Generator().manual_seed(seed + 3200 + r)
             x = si.sample_sde(b_pert, eta0, interps[rpair], toy2d.sample_2d(rsrc, n_robust, gs), eps,
-                              sde_steps, gs)
+                              sde_steps, gs).x
             vals.append(wasserstein2_squared(x, x1_r))
         robust[eps, level] = vals
         if level == perturb_levels[-1]:

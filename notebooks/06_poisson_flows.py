@@ -82,7 +82,6 @@
 # This decides which $D$ we sweep below.
 
 # %% tags=["parameters"]
-from minigen.data import images, toy2d
 from minigen.workbook.record import quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
@@ -104,6 +103,7 @@ import time
 import matplotlib.pyplot as plt
 import torch
 
+from minigen.data import images, toy2d
 from minigen.diffusion import pfgmpp as P
 from minigen.eval import fd
 from minigen.eval.metrics import wasserstein2_squared

@@ -146,7 +146,7 @@ def test_ddim_eta0_pushes_the_prior_onto_the_target(steps):
     eps = exact_eps_model(SCHED)
 
     def run(n):
-        return lambda x: SCHED.ddim_sample(eps, (1, 2), None, steps=n, dtype=F64, x_init=x)
+        return lambda x: SCHED.ddim_sample(eps, (1, 2), None, steps=n, dtype=F64, x_init=x).x
     m, c = affine_pushforward(run(steps))
     assert (m - MU).abs().max() < PRIOR_MEAN_ERR
     err, err2 = (c - SIGMA).abs().max(), (affine_pushforward(run(2 * steps))[1] - SIGMA).abs().max()
@@ -163,13 +163,13 @@ def test_stochastic_samplers_recover_gaussian_target_with_exact_epsilon(name, kw
     """Monte Carlo moments (n = 6000) within 5 SE plus the stated discretisation allowance."""
     eps = exact_eps_model(SCHED)
     fn = SCHED.ddim_sample if name.startswith("ddim") else SCHED.ancestral_sample
-    x = fn(eps, (6000, 2), gen(3), dtype=F64, **kw)
+    x = fn(eps, (6000, 2), gen(3), dtype=F64, **kw).x
     assert_moments(x, MU, SIGMA, disc_mean=PRIOR_MEAN_ERR, disc_cov=disc_cov)
 
 
 def test_ddim_eta0_is_deterministic():
     eps = exact_eps_model(SCHED)
-    a = SCHED.ddim_sample(eps, (50, 2), gen(4), steps=20, dtype=F64)
+    a = SCHED.ddim_sample(eps, (50, 2), gen(4), steps=20, dtype=F64).x
     b = torch.randn(50, 2, generator=gen(4), dtype=F64)
     for k, j in SCHED.timesteps(20):
         b = SCHED.ddim_step(eps, b, k, j, eta=0.0, generator=None)

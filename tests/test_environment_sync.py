@@ -10,6 +10,7 @@ import re
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 
@@ -60,3 +61,29 @@ def test_python_pin_matches_requires_python():
     assert pins == ["python=3.11"]
     requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
     assert requires == ">=3.11"
+
+
+def test_constraints_pin_every_installed_distribution():
+    """constraints.txt is a lock: each distribution in this venv is pinned there at the version
+    installed (a dependency added without re-locking fails here). Skipped in an unpinned venv
+    (``make venv PIN=``), recognised by a torch other than the pinned 2.13.0."""
+    from importlib import metadata
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            pins[normalise(name)] = version
+    if not metadata.version("torch").startswith(pins.get("torch", "?")):
+        pytest.skip("not the pinned environment (torch differs from constraints.txt)")
+    unpinned, moved = [], []
+    for dist in metadata.distributions():
+        name = normalise(dist.metadata["Name"])
+        if name in {"minigen", "pip", "setuptools", "wheel"}:
+            continue
+        if name not in pins:
+            unpinned.append(name)
+        elif dist.version.split("+")[0] != pins[name]:
+            moved.append(f"{name} {dist.version} (pinned {pins[name]})")
+    assert not unpinned and not moved, f"re-lock constraints.txt: unpinned {unpinned}, moved {moved}"

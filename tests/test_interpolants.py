@@ -100,7 +100,7 @@ def test_ode_and_sde_family_reach_the_same_marginal(eps):
                              torch.stack([0.3 * torch.eye(2), torch.tensor([[0.5, 0.2], [0.2, 0.3]])]))
     it = interp("trig", "sin2", 1.0)
     b, eta = si.exact_fields(it, src, dst)
-    x = si.sample_sde(b, eta, it, src.sample(2000, g), eps, 100, g)
+    x = si.sample_sde(b, eta, it, src.sample(2000, g), eps, 100, g).x
     mean, cov = dst.mean_cov()
     # Euler(-Maruyama) bias at 100 steps: measured <= 0.04 on the covariance
     assert_moments(x, mean, cov, disc_mean=0.03, disc_cov=0.06)
@@ -114,7 +114,7 @@ def test_sde_noise_and_drift_balance_keep_a_narrow_variance():
     dst = si.GaussianMixture([1.0], [[2.0, 1.0]], (0.25 * torch.eye(2))[None])
     it = interp("linear", "brownian", 1.0)
     b, eta = si.exact_fields(it, src, dst)
-    x = si.sample_sde(b, eta, it, src.sample(2000, g), 3.0, 100, g)
+    x = si.sample_sde(b, eta, it, src.sample(2000, g), 3.0, 100, g).x
     assert_moments(x, dst.means[0], dst.covs[0], disc_mean=0.02, disc_cov=0.02)
 
 
@@ -125,7 +125,7 @@ def test_sde_with_a_wrong_score_sign_misses():
     dst = si.GaussianMixture([1.0], [[2.0, 1.0]], (0.3 * torch.eye(2))[None])
     it = interp("linear", "brownian", 1.0)
     b, eta = si.exact_fields(it, src, dst)
-    x = si.sample_sde(b, lambda x, t: -eta(x, t), it, src.sample(2000, g), 2.0, 100, g)
+    x = si.sample_sde(b, lambda x, t: -eta(x, t), it, src.sample(2000, g), 2.0, 100, g).x
     assert (torch.cov(x.T) - dst.covs[0]).abs().max() > 0.3
 
 

@@ -34,8 +34,9 @@ def test_notebook_structure(chapter):
 def test_results_format(chapter):
     res = quick_results(chapter)
     assert res["chapter"] == chapter and res["mode"] == "quick"
-    for key in ("seed", "git_sha", "torch", "device", "threads", "wall_s", "metrics"):
+    for key in ("seed", "git_sha", "torch", "versions", "device", "threads", "wall_s", "metrics"):
         assert key in res
+    assert {"python", "torch", "numpy", "scipy", "pot"} <= set(res["versions"])
     assert res["metrics"], "no metrics recorded"
     for name, m in res["metrics"].items():
         assert set(m) == {"value", "unit", "better"}, name

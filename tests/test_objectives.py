@@ -118,13 +118,13 @@ def test_loss_is_the_mean_of_the_per_sample_losses_for_the_same_generator_state(
     net = MLP(2, width=16, depth=2)
     x0, x1 = torch.randn(64, 2, generator=gen(4)), torch.randn(64, 2, generator=gen(5))
     per, t = cfm.per_sample_loss(net, x0, x1, gen(6))
-    loss, per2, t2 = cfm.loss(net, x0, x1, gen(6))
+    loss, per2, t2 = cfm.loss(net, x0, x1, gen(6), per_sample=True)
     assert torch.equal(t, t2) and torch.allclose(per, per2) and not per2.requires_grad
     assert float(loss.detach()) == pytest.approx(float(per.detach().mean()), rel=1e-6) and loss.requires_grad
     # the per-sample loss is the squared error against the conditional velocity x1 - x0
     xt = t[:, None] * x1 + (1 - t[:, None]) * x0
     assert torch.allclose(per, (net(xt, t) - (x1 - x0)).pow(2).mean(1), atol=1e-6)
-    assert cfm.loss(net, x0, x1, gen(6), per_sample=False)[1] is None
+    assert cfm.loss(net, x0, x1, gen(6))[1] is None  # per_sample=False is the default
 
 
 @pytest.mark.parametrize("prediction", ["x1", "epsilon"])

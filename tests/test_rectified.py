@@ -163,7 +163,7 @@ def test_ddim_is_exact_for_a_deterministic_coupling_and_euler_on_the_linear_path
     x1_oracle = lambda x, t: ( # x_t = alpha (m + s x0) + sigma x0 -> x1
         m + S * (x - p.alpha(t)[:, None] * m) / (p.alpha(t)[:, None] * S + p.sigma(t)[:, None]))
     for steps in (1, 3):
-        out = ddim_sample(x1_oracle, VPCosinePath(), "x1", x0, steps)
+        out = ddim_sample(x1_oracle, VPCosinePath(), "x1", x0, steps).x
         assert torch.allclose(out, m + S * x0, atol=1e-5)
     # Euler on the same curved path's velocity is not exact in one step
     path = VPCosinePath()
@@ -171,7 +171,7 @@ def test_ddim_is_exact_for_a_deterministic_coupling_and_euler_on_the_linear_path
     assert (sample(v, x0, "euler", 1).x - (m + S * x0)).abs().max() > 0.1
     # on the linear path DDIM is Euler
     vel = gaussian_rectified_velocity(m, S)
-    assert torch.allclose(ddim_sample(vel, LinearPath(), "velocity", x0, 4),
+    assert torch.allclose(ddim_sample(vel, LinearPath(), "velocity", x0, 4).x,
                           sample(vel, x0, "euler", 4).x, atol=1e-5)
 
 

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 import torch
 
+from minigen.eval.gaussian import GaussianTarget
 from minigen.recipe import ode_solvers as solvers
+from minigen.recipe.paths import PATHS, make_path
 
 torch.set_num_threads(1)
 F64 = torch.float64
@@ -145,3 +147,30 @@ def test_no_graph_by_default_and_exact_gradient_on_request():
     out = solvers.integrate(v, x0, "rk4", 100, grad=True).x
     (g,) = torch.autograd.grad(out.sum(), x0)
     assert float(g) == pytest.approx(math.exp(math.sin(3) / 3), abs=1e-8)
+
+
+@pytest.mark.parametrize("method", solvers.METHODS)
+@pytest.mark.parametrize("name", sorted(n for n in PATHS if not PATHS[n].has_bridge_noise))
+def test_every_path_probability_flow_ode_stays_inside_its_interval(name, method):
+    """The probability-flow ODE of each registered path (the exact marginal velocity of a
+    Gaussian target) from t_min to t_max: no method evaluates the field outside [t_min, t_max]
+    (VP linear-beta's sigma is 0 at t = 1, its score infinite), and the result is finite and
+    lands near the target's mean."""
+    path = make_path(name)
+    target = GaussianTarget(torch.tensor([1.0, -0.5]), torch.tensor([[0.3, 0.1], [0.1, 0.2]]))
+    counter = Counter(lambda x, t: target.velocity(path, x, t))
+    x0 = path.prior_sample((256, 2), torch.Generator().manual_seed(0)).double()
+    sol = solvers.integrate(counter, x0, method, steps=200, t0=path.t_min, t1=path.t_max)
+    ts = torch.tensor(counter.times, dtype=torch.float64)
+    assert float(ts.min()) >= path.t_min and float(ts.max()) <= path.t_max, (
+        f"{method} evaluated {name} at t in [{float(ts.min())}, {float(ts.max())}]")
+    assert torch.isfinite(sol.x).all()
+    assert torch.allclose(sol.x.mean(0), target.mu, atol=0.15)
+
+
+def test_dopri5_backwards_stays_inside_too():
+    counter = Counter(field)
+    sol = solvers.integrate(counter, exact(X0, 1.0), "dopri5", t0=1.0, t1=0.2, rtol=1e-8, atol=1e-8)
+    assert torch.allclose(sol.x, exact(X0, 0.2), atol=1e-5)
+    ts = torch.tensor(counter.times, dtype=torch.float64)
+    assert float(ts.min()) >= 0.2 and float(ts.max()) <= 1.0

@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 from minigen.recipe.paths import VPLinearBetaPath
+from minigen.recipe.results import LossResult, SampleResult
 
 Tensor = torch.Tensor
 EpsModel = Callable[[Tensor, Tensor], Tensor]
@@ -44,10 +46,12 @@ def _bcast(v: Tensor, x: Tensor) -> Tensor:
     return v.to(dtype=x.dtype, device=x.device).view(-1, *([1] * (x.ndim - 1)))
 
 
-def _initial(shape, generator: torch.Generator, dtype: torch.dtype, x_init: Tensor | None) -> Tensor:
-    """x_init, checked against shape, or a fresh N(0, I) draw."""
+def _initial(shape, generator: torch.Generator, dtype: torch.dtype, x_init: Tensor | None,
+             device: torch.device | str | None = None) -> Tensor:
+    """x_init, checked against shape, or a fresh N(0, I) draw (on the CPU generator, then moved
+    to ``device``)."""
     if x_init is None:
-        return torch.randn(*shape, generator=generator, dtype=dtype)
+        return torch.randn(*shape, generator=generator, dtype=dtype).to(device or "cpu")
     if tuple(x_init.shape) != tuple(shape):
         raise ValueError(f"x_init must have shape {tuple(shape)}, got {tuple(x_init.shape)}")
     return x_init
@@ -162,9 +166,10 @@ class DDPMSchedule:
             return (1 - ab_k / ab_j).to(xk)
         return ((1 - ab_j) / (1 - ab_k) * (1 - ab_k / ab_j)).to(xk)
 
-    def epsilon_at(self, eps_model: EpsModel, xk: Tensor, k: int) -> Tensor:
+    def epsilon_at(self, eps_model: EpsModel, xk: Tensor, k: int, **cond) -> Tensor:
+        """eps_theta(x_k, t = 1 - k/T, **cond) for the whole batch at step k: (B, ...)."""
         t = self.t_of_k(torch.full((len(xk),), k)).to(dtype=xk.dtype, device=xk.device)
-        return eps_model(xk, t)
+        return eps_model(xk, t, **cond)
 
     # --- samplers ---
     def timesteps(self, steps: int | Sequence[int] | None = None) -> list[tuple[int, int]]:
@@ -185,11 +190,11 @@ class DDPMSchedule:
         return list(zip(reversed(seq), reversed(prevs)))
 
     def p_sample_step(self, eps_model: EpsModel, xk: Tensor, k: int, generator: torch.Generator,
-                      variance: str = "beta", prev: int | None = None) -> Tensor:
+                      variance: str = "beta", prev: int | None = None, **cond) -> Tensor:
         """One ancestral step x_j = mu_theta(x_k, k) + sigma_k z, z ~ N(0, I), with no noise
         when j = 0 (Ho et al., 2020, Alg. 2; j = prev, default k - 1). (B, ...)."""
         prev = k - 1 if prev is None else prev
-        eps = self.epsilon_at(eps_model, xk, k)
+        eps = self.epsilon_at(eps_model, xk, k, **cond)
         a, b, var = self._step_coefficients(k, prev, variance)
         mean = a * xk + b * eps
         if prev == 0:
@@ -219,26 +224,27 @@ class DDPMSchedule:
 
     def ancestral_sample(self, eps_model: EpsModel, shape, generator: torch.Generator,
                          steps: int | Sequence[int] | None = None, variance: str = "beta",
-                         dtype: torch.dtype = torch.float32, x_init: Tensor | None = None) -> Tensor:
+                         dtype: torch.dtype = torch.float32, x_init: Tensor | None = None,
+                         device: torch.device | str | None = None, **cond) -> SampleResult:
         """x_T ~ N(0, I) (or ``x_init``), then ``p_sample_step`` down to x_0 (Ho et al., 2020,
         Alg. 2); a strided ``steps`` re-spaces the chain (Nichol & Dhariwal, 2021, §4).
-        NFE = number of steps. Returns (shape)."""
-        x = _initial(shape, generator, dtype, x_init)
+        NFE = number of steps. x: (shape); ``cond`` goes to the model."""
+        x = _initial(shape, generator, dtype, x_init, device)
         pairs = self.timesteps(steps)
         self._fill_coefficients(pairs, variance)
         for k, j in pairs:
-            x = self.p_sample_step(eps_model, x, k, generator, variance, prev=j)
-        return x
+            x = self.p_sample_step(eps_model, x, k, generator, variance, prev=j, **cond)
+        return SampleResult(x, len(pairs))
 
     def ddim_step(self, eps_model: EpsModel, xk: Tensor, k: int, prev: int, eta: float,
-                  generator: torch.Generator | None = None) -> Tensor:
+                  generator: torch.Generator | None = None, **cond) -> Tensor:
         """x_j = sqrt(ab_j) x0_hat + sqrt(1 - ab_j - s²) eps_theta + s z with
         s = eta sqrt((1 - ab_j) / (1 - ab_k)) sqrt(1 - ab_k / ab_j)
         (Song, Meng & Ermon, 2021, eqs. 12 and 16; eta = 0 is deterministic). (B, ...)."""
         if not eta >= 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         ab_k, ab_j = float(self.alpha_bar[k]), float(self.alpha_bar[prev])
-        eps = self.epsilon_at(eps_model, xk, k)
+        eps = self.epsilon_at(eps_model, xk, k, **cond)
         x0_hat = (xk - math.sqrt(1 - ab_k) * eps) / math.sqrt(ab_k)
         s = eta * math.sqrt((1 - ab_j) / (1 - ab_k) * (1 - ab_k / ab_j))
         x = math.sqrt(ab_j) * x0_hat + math.sqrt(max(1 - ab_j - s * s, 0.0)) * eps
@@ -250,13 +256,15 @@ class DDPMSchedule:
 
     def ddim_sample(self, eps_model: EpsModel, shape, generator: torch.Generator,
                     steps: int | Sequence[int] | None = 50, eta: float = 0.0,
-                    dtype: torch.dtype = torch.float32, x_init: Tensor | None = None) -> Tensor:
+                    dtype: torch.dtype = torch.float32, x_init: Tensor | None = None,
+                    device: torch.device | str | None = None, **cond) -> SampleResult:
         """DDIM sampling on a (strided) step sequence from x_T ~ N(0, I) (or ``x_init``) (Song,
-        Meng & Ermon, 2021, §4.2). NFE = number of steps. Returns (shape)."""
-        x = _initial(shape, generator, dtype, x_init)
-        for k, j in self.timesteps(steps):
-            x = self.ddim_step(eps_model, x, k, j, eta, generator)
-        return x
+        Meng & Ermon, 2021, §4.2). NFE = number of steps. x: (shape); ``cond`` goes to the model."""
+        x = _initial(shape, generator, dtype, x_init, device)
+        pairs = self.timesteps(steps)
+        for k, j in pairs:
+            x = self.ddim_step(eps_model, x, k, j, eta, generator, **cond)
+        return SampleResult(x, len(pairs))
 
     def vlb_weight(self, k: Tensor) -> Tensor:
         """lambda_k with L_{k-1} = lambda_k E||eps - eps_theta(x_k, k)||² + const for the fixed
@@ -267,7 +275,7 @@ class DDPMSchedule:
         return self.betas[k] / (2 * self.alphas[k] * (1 - self.alpha_bar[k]))
 
     def l_vlb(self, eps_model: EpsModel, x0: Tensor, generator: torch.Generator,
-              importance: bool = False) -> tuple[Tensor, Tensor]:
+              importance: bool = False, **cond) -> tuple[Tensor, Tensor]:
         """The bound as a training loss for an epsilon model with fixed variances:
         sum_k lambda_k E||eps - eps_theta(x_k, k)||², summed over dimensions (the k-dependent
         part of eq. 5; ``vlb_weight``), in nats per sample, estimated with one k per sample:
@@ -284,10 +292,10 @@ class DDPMSchedule:
             w = (self.T * lam[k - 1]).to(x0)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         t = self.t_of_k(k).to(x0)
-        pred = eps_model(self.q_sample(x0, k, noise), t)
+        pred = eps_model(self.q_sample(x0, k, noise), t, **cond)
         return w * (pred - noise).pow(2).flatten(1).sum(1), t
 
-    def l_simple(self, eps_model: EpsModel, x0: Tensor, generator: torch.Generator
+    def l_simple(self, eps_model: EpsModel, x0: Tensor, generator: torch.Generator, **cond
                  ) -> tuple[Tensor, Tensor]:
         """L_simple = E_{k ~ U{1..T}, eps} ||eps - eps_theta(x_k, k)||² (Ho et al., 2020, eq. 14,
         Alg. 1), averaged over dimensions. Returns per-sample losses (B,) and their minigen
@@ -295,5 +303,32 @@ class DDPMSchedule:
         k = torch.randint(1, self.T + 1, (len(x0),), generator=generator)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         t = self.t_of_k(k).to(x0)
-        pred = eps_model(self.q_sample(x0, k, noise), t)
+        pred = eps_model(self.q_sample(x0, k, noise), t, **cond)
         return (pred - noise).pow(2).flatten(1).mean(1), t
+
+
+@dataclass
+class DDPMLoss:
+    """DDPM's training objective for an epsilon network, as ``train`` takes it:
+    ``kind="simple"`` is L_simple (Ho et al., 2020, eq. 14), ``"vlb"`` the bound's weighted
+    regression ``DDPMSchedule.l_vlb`` (with ``importance`` sampling of k, Nichol & Dhariwal,
+    2021, §3.3). ``loss(model, x, generator, per_sample, **cond)`` -> ``LossResult`` with the
+    minigen times t = 1 - k/T; ``cond`` (e.g. ``cond_image=y``) goes to the model."""
+
+    schedule: DDPMSchedule
+    kind: str = "simple"
+    importance: bool = False
+
+    def __post_init__(self):
+        if self.kind not in ("simple", "vlb"):
+            raise ValueError(f"kind must be 'simple' or 'vlb', got {self.kind!r}")
+        if self.importance and self.kind != "vlb":
+            raise ValueError("importance sampling of k is for the bound (kind='vlb')")
+
+    def loss(self, model: EpsModel, x: Tensor, generator: torch.Generator, per_sample: bool = False,
+             **cond) -> LossResult:
+        if self.kind == "simple":
+            per, t = self.schedule.l_simple(model, x, generator, **cond)
+        else:
+            per, t = self.schedule.l_vlb(model, x, generator, importance=self.importance, **cond)
+        return LossResult(per.mean(), per.detach() if per_sample else None, t)

@@ -33,7 +33,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from minigen.recipe.ode_solvers import ODESolution, heun_step
+from minigen.recipe.ode_solvers import heun_step
+from minigen.recipe.results import LossResult, SampleResult
+from minigen.recipe.time_samplers import log_normal_sigma
 
 Tensor = torch.Tensor
 Denoiser = Callable[[Tensor, Tensor], Tensor]  # D(x (B, ...), sigma (B,)) -> (B, ...)
@@ -180,10 +182,10 @@ class EDMDenoiser(nn.Module):
             raise ValueError(f"sigma_data must be > 0, got {sigma_data}")
         self.net, self.sigma_data = net, float(sigma_data)
 
-    def forward(self, x: Tensor, sigma) -> Tensor:
+    def forward(self, x: Tensor, sigma, **cond) -> Tensor:
         s = _sigma_column(sigma, x)
         c_skip, c_out, c_in, c_noise = edm_scalings(s, self.sigma_data)
-        return c_skip * x + c_out * self.net(c_in * x, c_noise.flatten())
+        return c_skip * x + c_out * self.net(c_in * x, c_noise.flatten(), **cond)
 
 
 def edm_weight(sigma: Tensor, sigma_data: float) -> Tensor:
@@ -211,8 +213,8 @@ class PFGMppLoss:
             raise ValueError(f"need sigma_data > 0 and p_std > 0, got {self.sigma_data}, {self.p_std}")
 
     def sample_sigma(self, n: int, generator: torch.Generator) -> Tensor:
-        """ln sigma ~ N(p_mean, p_std²): (n,)."""
-        return (self.p_mean + self.p_std * torch.randn(n, generator=generator)).exp()
+        """ln sigma ~ N(p_mean, p_std²): (n,) (``time_samplers.log_normal_sigma``)."""
+        return log_normal_sigma(n, generator, self.p_mean, self.p_std)
 
     def per_sample_loss(self, model, y: Tensor, generator: torch.Generator) -> Tensor:
         """(B,) weighted squared errors, averaged over the data dimensions."""
@@ -221,9 +223,9 @@ class PFGMppLoss:
         err = (model(x, sigma) - y).flatten(1).pow(2).mean(1)
         return edm_weight(sigma, self.sigma_data) * err
 
-    def loss(self, model, y: Tensor, generator: torch.Generator, per_sample: bool = False):
+    def loss(self, model, y: Tensor, generator: torch.Generator, per_sample: bool = False) -> LossResult:
         ps = self.per_sample_loss(model, y, generator)
-        return ps.mean(), (ps.detach() if per_sample else None), None
+        return LossResult(ps.mean(), ps.detach() if per_sample else None, None)
 
 
 # ---------------------------------------------------------------- sampling
@@ -242,8 +244,8 @@ def probability_flow_velocity(denoiser: Denoiser) -> Callable[[Tensor, Tensor], 
     r = sigma sqrt(D) gives the same field in sigma for every D; EDM's ODE is the D = inf case).
     Shapes: x (B, ...), sigma (B,) -> (B, ...)."""
 
-    def v(x: Tensor, sigma: Tensor) -> Tensor:
-        return (x - denoiser(x, sigma)) / sigma.view(-1, *([1] * (x.ndim - 1)))
+    def v(x: Tensor, sigma: Tensor, **cond) -> Tensor:
+        return (x - denoiser(x, sigma, **cond)) / sigma.view(-1, *([1] * (x.ndim - 1)))
 
     return v
 
@@ -256,7 +258,7 @@ def prior_sample(shape, sigma_max: float, D: float, generator: torch.Generator) 
 
 def sample(denoiser: Denoiser, x: Tensor, steps: int = 18, sigma_min: float = 0.002,
            sigma_max: float = 80.0, rho: float = 7.0, noise: float = 0.0,
-           generator: torch.Generator | None = None, return_trajectory: bool = False) -> ODESolution:
+           generator: torch.Generator | None = None, return_trajectory: bool = False, **cond) -> SampleResult:
     """Integrate the PFGM++ ODE from sigma_max (t = 0) to sigma_min (t = 1) with ``steps`` Heun
     steps in sigma between the grid points sigma_k = edm_sigma(k / steps) (Karras et al., 2022,
     Alg. 1 without churn and without its last Euler step to sigma = 0). NFE = 2 steps.
@@ -265,7 +267,8 @@ def sample(denoiser: Denoiser, x: Tensor, steps: int = 18, sigma_min: float = 0.
     to sigma, so the field is nearly constant in sigma and few large steps stay accurate.
     ``noise`` = alpha > 0 adds alpha sigma_(k+1) n, n ~ N(0, I), after every step: PFGM++'s
     robustness test (§6, Gaussian noise of scale alpha sigma_t added to the states).
-    x: (B, ...) prior samples -> ODESolution with x (B, ...) and ``times`` = the sigma grid.
+    x: (B, ...) prior samples -> SampleResult with x (B, ...) and ``times`` = the sigma grid;
+    ``cond`` goes to the denoiser.
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
@@ -275,9 +278,9 @@ def sample(denoiser: Denoiser, x: Tensor, steps: int = 18, sigma_min: float = 0.
     v, traj = probability_flow_velocity(denoiser), [x] if return_trajectory else None
     with torch.no_grad():
         for k in range(steps):
-            x = heun_step(v, x, float(sig[k]), float(sig[k + 1] - sig[k]))
+            x = heun_step(v, x, float(sig[k]), float(sig[k + 1] - sig[k]), **cond)
             if noise > 0:
                 x = x + noise * float(sig[k + 1]) * torch.randn(x.shape, generator=generator).to(x)
             if traj is not None:
                 traj.append(x)
-    return ODESolution(x, 2 * steps, torch.stack(traj) if traj is not None else None, sig)
+    return SampleResult(x, 2 * steps, torch.stack(traj) if traj is not None else None, sig)

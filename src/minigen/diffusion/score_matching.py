@@ -36,6 +36,7 @@ import torch
 
 from minigen.recipe.likelihood import log_likelihood
 from minigen.recipe.paths import expand_t
+from minigen.recipe.results import LossResult
 from minigen.recipe.sde import SDE
 from minigen.recipe.time_samplers import LikelihoodTimeSampler
 from minigen.recipe.wrappers import probability_flow_velocity, score_from_epsilon_model
@@ -100,9 +101,9 @@ class DenoisingScoreMatching:
         err = (model(xt, t) - x0).pow(2).flatten(1).mean(1)
         return self.time_weight(t) * err, t
 
-    def loss(self, model, x1: Tensor, generator: torch.Generator, per_sample: bool = True):
+    def loss(self, model, x1: Tensor, generator: torch.Generator, per_sample: bool = False) -> LossResult:
         losses, t = self.per_sample_loss(model, x1, generator)
-        return losses.mean(), (losses.detach() if per_sample else None), t
+        return LossResult(losses.mean(), losses.detach() if per_sample else None, t)
 
     def score(self, model) -> Callable[[Tensor, Tensor], Tensor]:
         """The score function of a model trained with this objective."""

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minigen.recipe.results import LossResult
+
 Tensor = torch.Tensor
 
 
@@ -172,7 +174,7 @@ def negative_elbo(model: ConvVAE, x: Tensor, generator: torch.Generator, beta: f
 
 
 def vae_loss(model: ConvVAE, x: Tensor, generator: torch.Generator, beta: float = 1.0,
-             obs_std: float = 0.2, per_sample: bool = False):
+             obs_std: float = 0.2, per_sample: bool = False) -> LossResult:
     """The training-loop form of ``negative_elbo``: returns (batch mean of -ELBO in nats per image,
     the detached per-image -ELBO (B,) when ``per_sample`` else None, None — the VAE has no time).
 
@@ -180,4 +182,4 @@ def vae_loss(model: ConvVAE, x: Tensor, generator: torch.Generator, beta: float 
     ``beta`` / ``obs_std`` through ``functools.partial``.
     """
     nelbo = negative_elbo(model, x, generator, beta, obs_std)
-    return nelbo.mean(), (nelbo.detach() if per_sample else None), None
+    return LossResult(nelbo.mean(), nelbo.detach() if per_sample else None, None)

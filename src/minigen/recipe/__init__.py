@@ -9,7 +9,8 @@ t = 0 the source, t = 1 the data.
     sde.py            part 4: the forward SDE derived from a path (drift, diffusion, prior)
     sde_solvers.py    part 4: Euler–Maruyama and predictor–corrector samplers
     likelihood.py     part 4: the exact (or Hutchinson) log-likelihood of a flow
-    wrappers.py       part 5: a trained network seen as a score, epsilon or velocity field
+    wrappers.py       part 5: a network seen as another field: conversions, CFG, re-timing
+    results.py        the two result types every part shares: SampleResult and LossResult
 
 Imports only ``minigen.broadcast`` outside itself: no family folder, no network.
 """

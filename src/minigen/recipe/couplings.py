@@ -93,8 +93,8 @@ def sinkhorn_plan(c: Tensor, reg: float, n_iter: int) -> Tensor:
         raise FloatingPointError(f"Sinkhorn kernel underflows at reg={reg:g}: use log_domain=True "
                                  "or a larger reg")
     n, m = k.shape
-    u = torch.full((n,), 1.0 / n, dtype=k.dtype)
-    v = torch.full((m,), 1.0 / m, dtype=k.dtype)
+    u = torch.full((n,), 1.0 / n, dtype=k.dtype, device=k.device)
+    v = torch.full((m,), 1.0 / m, dtype=k.dtype, device=k.device)
     for _ in range(n_iter):
         u = (1.0 / n) / (k @ v).clamp_min(1e-300)
         v = (1.0 / m) / (k.T @ u).clamp_min(1e-300)
@@ -105,7 +105,7 @@ def sample_rows(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     """One column index per row, j ~ probs[i, :] / sum(probs[i, :]), by inverse CDF: (B,).
     (Much faster than torch.multinomial for a few hundred rows.)"""
     cdf = probs.cumsum(1)
-    u = torch.rand(len(probs), 1, generator=generator, dtype=cdf.dtype) * cdf[:, -1:]
+    u = torch.rand(len(probs), 1, generator=generator, dtype=cdf.dtype).to(cdf.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u).squeeze(1).clamp_max(probs.shape[1] - 1)
 
 

@@ -73,7 +73,7 @@ def log_likelihood(v: Callable, x1: Tensor, source_log_prob: Callable[[Tensor], 
         return torch.cat([vx.reshape(len(state), -1), div[:, None]], 1)
 
     step = FIXED_STEP[method][0]
-    state = torch.cat([x1.reshape(len(x1), -1), torch.zeros(len(x1), 1, dtype=x1.dtype)], 1)
+    state = torch.cat([x1.reshape(len(x1), -1), torch.zeros(len(x1), 1, dtype=x1.dtype, device=x1.device)], 1)
     h = -1.0 / steps
     for k in range(steps):
         state = step(augmented, state, 1.0 + k * h, h).detach()

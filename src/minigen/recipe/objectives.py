@@ -20,7 +20,9 @@ import torch.nn.functional as F
 
 from minigen.recipe.couplings import gibbs_weights, independent
 from minigen.recipe.paths import GaussianPath, PathSample
+from minigen.recipe.results import LossResult
 from minigen.recipe.time_samplers import check_time_sampler, sample_time
+from minigen.recipe.wrappers import converted
 
 Tensor = torch.Tensor
 
@@ -87,25 +89,23 @@ class CFM:
         return loss, ps.t
 
     def loss(self, model, x0: Tensor, x1: Tensor, generator: torch.Generator,
-             per_sample: bool = True):
+             per_sample: bool = False) -> LossResult:
         """What ``train`` needs: (scalar loss to differentiate, per-sample losses (B,) without
         gradient for the per-t diagnostic — or None when ``per_sample`` is False — and t (B,)).
         Unweighted, the mean is one fused reduction, as a hand-written loop would do it."""
         if self.gibbs_eps is not None:
             losses, t = self.per_sample_loss(model, x0, x1, generator)
-            return losses.mean(), losses.detach(), t
+            return LossResult(losses.mean(), losses.detach() if per_sample else None, t)
         pred, target, ps = self._prediction_and_target(model, x0, x1, generator)
         losses = None
         if per_sample:
             with torch.no_grad():
                 losses = (pred - target).pow(2).flatten(1).mean(1)
-        return F.mse_loss(pred, target), losses, ps.t
+        return LossResult(F.mse_loss(pred, target), losses, ps.t)
 
     def velocity(self, model) -> Callable:
         """The velocity field v(x, t) of a model trained with this objective."""
-        if self.prediction == "velocity":
-            return model
-        return lambda x, t: self.path.convert(model(x, t), x, t, self.prediction, "velocity")
+        return converted(model, self.path, self.prediction, "velocity")
 
 def per_t_loss(t: Tensor, loss: Tensor, bins: int = 10) -> tuple[Tensor, Tensor]:
     """Sum and count of per-sample losses in ``bins`` equal bins of t: ((bins,), (bins,)).

@@ -43,6 +43,7 @@ from minigen.broadcast import expand_t
 from minigen.recipe.couplings import independent
 from minigen.recipe.objectives import CFM
 from minigen.recipe.paths import GaussianPath, PathSample
+from minigen.recipe.results import SampleResult
 
 Tensor = torch.Tensor
 Field = Callable[[Tensor, Tensor], Tensor]
@@ -251,9 +252,10 @@ def sde_drift(b: Field, eta: Field, interp: Interpolant, eps_t: Callable) -> Fie
 @torch.no_grad()
 def sample_sde(b: Field, eta: Field | None, interp: Interpolant, x0: Tensor,
                eps: float | Callable, steps: int, generator: torch.Generator,
-               return_trajectory: bool = False):
-    """Euler–Maruyama for dX = (b + eps s) dt + sqrt(2 eps) dW from t = 0 to 1: (B, d)
-    (or (steps + 1, B, d) with ``return_trajectory``).
+               return_trajectory: bool = False) -> SampleResult:
+    """Euler–Maruyama for dX = (b + eps s) dt + sqrt(2 eps) dW from t = 0 to 1: x (B, d), and
+    the trajectory (steps + 1, B, d) with ``return_trajectory``. NFE = steps (one call of b, and
+    of eta where eps(t) > 0, per step).
 
     ``eps`` a float means eps(t) = eps · gamma(t) / max gamma (``eps_following_gamma``);
     a callable eps(t) (B, 1) -> (B, 1) is used as given. eps = 0 is the ODE (Euler).
@@ -267,12 +269,14 @@ def sample_sde(b: Field, eta: Field | None, interp: Interpolant, x0: Tensor,
     drift, h = sde_drift(b, eta, interp, eps_t), 1.0 / steps
     x, traj = x0, [x0]
     for k in range(steps):
-        t = torch.full((x.shape[0],), k * h, dtype=x.dtype)
+        t = torch.full((x.shape[0],), k * h, dtype=x.dtype, device=x.device)
         noise = torch.sqrt(2 * eps_t(expand_t(t, x)) * h)
-        x = x + h * drift(x, t) + noise * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+        x = x + h * drift(x, t) + noise * z
         if return_trajectory:
             traj.append(x)
-    return torch.stack(traj) if return_trajectory else x
+    times = torch.linspace(0, 1, steps + 1, dtype=torch.float64)
+    return SampleResult(x, steps, torch.stack(traj) if return_trajectory else None, times)
 
 
 # ---------------------------------------------------------------- closed forms

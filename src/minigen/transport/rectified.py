@@ -30,6 +30,7 @@ import torch
 from minigen.eval.metrics import _sq, flow_terms  # flow_terms: the flow's per-sample terms (re-exported)
 from minigen.recipe.ode_solvers import _v, integrate
 from minigen.recipe.paths import GaussianPath
+from minigen.recipe.results import SampleResult
 
 Tensor = torch.Tensor
 Velocity = Callable[[Tensor, Tensor], Tensor]
@@ -86,7 +87,7 @@ class ReflowCoupling:
 
 @torch.no_grad()
 def ddim_sample(model: Callable, path: GaussianPath, prediction: str, x: Tensor, steps: int,
-                t0: float = 0.0, t1: float | None = None) -> Tensor:
+                t0: float = 0.0, t1: float | None = None, **cond) -> SampleResult:
     """First-order solver in the path's own coordinates (DDIM, Song et al., 2021, eq. 12;
     Rectified Diffusion, Wang et al., 2024, §3): at each grid time t
 
@@ -95,21 +96,21 @@ def ddim_sample(model: Callable, path: GaussianPath, prediction: str, x: Tensor,
     Exact in one step when the predictions are exact and every x_t lies on one pair's path
     x_t = alpha x1 + sigma x0 (a deterministic coupling). On the linear path it is Euler.
     ``model(x, t)`` returns the ``prediction`` (velocity, x1 or epsilon). t1 defaults to
-    ``path.t_max``. Shapes: x (B, ...) -> (B, ...).
+    ``path.t_max``; ``cond`` goes to the model. NFE = steps. Shapes: x (B, ...) -> (B, ...).
     """
     if not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
     t1 = path.t_max if t1 is None else t1
     grid = torch.linspace(t0, t1, steps + 1, dtype=torch.float64)
     for k in range(steps):
-        t = torch.full((len(x),), float(grid[k]), dtype=x.dtype)
-        pred = model(x, t)
+        t = torch.full((len(x),), float(grid[k]), dtype=x.dtype, device=x.device)
+        pred = model(x, t, **cond)
         x1_hat = path.convert(pred, x, t, prediction, "x1")
         v = path.convert(pred, x, t, prediction, "velocity")
         x0_hat = path.x0_from_velocity(v, x, t)
-        tn = torch.full((1,), float(grid[k + 1]), dtype=x.dtype)
+        tn = torch.full((1,), float(grid[k + 1]), dtype=x.dtype, device=x.device)
         x = path.alpha(tn) * x1_hat + path.sigma(tn) * x0_hat
-    return x
+    return SampleResult(x, steps, times=grid)
 
 
 # ---------------------------------------------------------------- the transport-cost identity
@@ -137,7 +138,7 @@ def coupling_terms(v: Velocity, x0: Tensor, x1: Tensor, n_t: int = 200) -> dict:
     if x0.shape != x1.shape:
         raise ValueError(f"x0 and x1 must have one shape, got {tuple(x0.shape)}, {tuple(x1.shape)}")
     d = x1 - x0
-    kin, var, cross = (torch.zeros(len(x0), dtype=torch.float64) for _ in range(3))
+    kin, var, cross = (torch.zeros(len(x0), dtype=torch.float64, device=x0.device) for _ in range(3))
     for k in range(n_t):
         t = (k + 0.5) / n_t
         u = _v(v, t * x1 + (1 - t) * x0, t)

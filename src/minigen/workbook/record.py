@@ -3,8 +3,11 @@
 A notebook calls ``record(...)`` once at its end; the file lands in
 ``results/<mode>/<chapter>.json`` with the format
 
-    {chapter, mode, seed, git_sha, torch, device, threads, wall_s,
+    {chapter, mode, seed, git_sha, torch, versions, device, threads, wall_s,
      metrics: {name: {value, unit, better: "lower" | "higher"}}}
+
+``versions`` holds the versions that move figures (python, torch, numpy, scipy, POT); the
+whole environment is pinned in ``constraints.txt``.
 
 so that the tests, ``python -m minigen.workbook.reproduce`` and the README table read
 one format.
@@ -63,6 +66,23 @@ def git_sha() -> str:
         return "unknown"
 
 
+VERSIONED = ("torch", "numpy", "scipy", "pot")
+
+
+def versions() -> dict[str, str]:
+    """The installed versions of the packages whose numerics the figures depend on."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
 def metric(value: float, unit: str = "", better: str = "lower") -> dict:
     """One figure of merit: ``{value, unit, better}``."""
     if better not in ("lower", "higher"):
@@ -85,7 +105,8 @@ def record(chapter: str, metrics: dict, *, mode: str, seed: int, wall_s: float,
     clean = {k: metric(**v) if isinstance(v, dict) else metric(v) for k, v in metrics.items()}
     out = {
         "chapter": chapter, "mode": mode, "seed": int(seed), "git_sha": git_sha(),
-        "torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+        "torch": torch.__version__, "versions": versions(), "device": str(device),
+        "threads": torch.get_num_threads(),
         "wall_s": round(float(wall_s), 2), "metrics": clean,
     }
     path = results_dir(mode) / f"{chapter}.json"
