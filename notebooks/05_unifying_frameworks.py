@@ -113,7 +113,8 @@ import torch
 from minigen.data import toy2d
 from minigen.eval.metrics import wasserstein2_squared
 from minigen.nets.mlp import MLP
-from minigen.recipe.paths import LinearPath, VPCosinePath
+from minigen.recipe.gamma import BrownianGamma
+from minigen.recipe.paths import Interpolant, LinearPath, VPCosinePath
 from minigen.train import train
 from minigen.transport import generator_matching as gm
 from minigen.transport import interpolants as si
@@ -147,7 +148,7 @@ print(f"{mode}: pairs {list(PAIRS)}; {steps} steps for b, {eta_steps} for eta, {
 # CFM objective is already the loss for $b$; the denoiser's loss regresses onto $z$:
 
 # %%
-show_source(si.Interpolant.sample)
+show_source(Interpolant.sample)
 
 # %%
 show_source(si.DenoiserObjective.loss)
@@ -173,7 +174,7 @@ show_source(si.sample_sde)
 src_mix = si.GaussianMixture([0.5, 0.5], [[-3.0, 0.0], [3.0, 0.0]], 0.3 * torch.eye(2).repeat(2, 1, 1))
 dst_mix = si.GaussianMixture([0.3, 0.3, 0.4], [[0.0, 3.0], [-2.0, -2.0], [2.0, -2.0]],
                              0.2 * torch.eye(2).repeat(3, 1, 1))
-exact_interp = si.Interpolant(LinearPath(source_is_gaussian=False), si.BrownianGamma(gamma_a))
+exact_interp = Interpolant(LinearPath(source_is_gaussian=False), BrownianGamma(gamma_a))
 b_exact, eta_exact = si.exact_fields(exact_interp, src_mix, dst_mix)
 def moment_errors_in_standard_errors(x: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor):
     """max_i |mean err_i| / s.e. and max_ij |cov err_ij| / s.e. (Var S_ij = (C_ii C_jj + C_ij²) / n)."""
@@ -201,9 +202,9 @@ for eps in eps_list:
 # ## Training $b$ and $\eta$
 
 # %%
-def make_interpolant(base: str, source_is_gaussian: bool) -> si.Interpolant:
+def make_interpolant(base: str, source_is_gaussian: bool) -> Interpolant:
     path = (LinearPath if base == "linear" else VPCosinePath)(source_is_gaussian=source_is_gaussian)
-    return si.Interpolant(path, si.BrownianGamma(gamma_a), source_is_gaussian=source_is_gaussian)
+    return Interpolant(path, BrownianGamma(gamma_a), source_is_gaussian=source_is_gaussian)
 
 
 interps, fields, eta_early, timings = {}, {}, {}, {}

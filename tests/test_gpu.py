@@ -17,9 +17,10 @@ from minigen.diffusion.score_matching import DenoisingScoreMatching
 from minigen.latent.vae import ConvVAE, vae_loss
 from minigen.nets.mlp import MLP
 from minigen.nets.unet import UNet
+from minigen.recipe.gamma import BrownianGamma
 from minigen.recipe.objectives import CFM_VARIANTS, cfm_variant
 from minigen.recipe.ode_solvers import METHODS, integrate
-from minigen.recipe.paths import LinearPath
+from minigen.recipe.paths import Interpolant, LinearPath
 from minigen.recipe.sde import VPSDE
 from minigen.recipe.sde_solvers import euler_maruyama, predictor_corrector
 from minigen.recipe.wrappers import probability_flow_velocity
@@ -56,7 +57,7 @@ def test_other_losses_train_on_cuda():
           steps=3, device=CUDA, per_t_bins=4, progress=False)
     train(pfgmpp.EDMDenoiser(MLP(2, width=16, depth=2), 0.5), pfgmpp.PFGMppLoss(D=4).loss, one,
           steps=3, device=CUDA, progress=False)
-    interp = si.Interpolant(LinearPath(), si.BrownianGamma(1.0))
+    interp = Interpolant(LinearPath(), BrownianGamma(1.0))
     train(MLP(2, width=16, depth=2), si.DenoiserObjective(interp).loss, two(), steps=3, device=CUDA,
           progress=False)
     images = lambda g: (torch.rand(8, 1, 14, 14, generator=g) * 2 - 1,)
@@ -80,7 +81,7 @@ def test_every_sampler_runs_on_cuda():
         "ddim_any_path": lambda: ddim_sample(net, LinearPath(), "velocity", x0, 3),
         "pfgmpp": lambda: pfgmpp.sample(pfgmpp.EDMDenoiser(net, 0.5), x0, steps=3, noise=0.1,
                                         generator=gen()),
-        "interpolant_sde": lambda: si.sample_sde(net, net, si.Interpolant(LinearPath(), si.BrownianGamma()),
+        "interpolant_sde": lambda: si.sample_sde(net, net, Interpolant(LinearPath(), BrownianGamma()),
                                                  x0, 0.5, 4, gen()),
     })
     with torch.no_grad():

@@ -8,7 +8,8 @@ import torch
 from moments import assert_moments
 
 from minigen.eval.gaussian import GaussianTarget
-from minigen.recipe.paths import BridgePath, LinearPath, VPCosinePath
+from minigen.recipe.gamma import BrownianGamma, make_gamma
+from minigen.recipe.paths import BridgePath, Interpolant, LinearPath, VPCosinePath
 from minigen.transport import interpolants as si
 
 torch.set_num_threads(1)
@@ -18,7 +19,7 @@ GAMMAS = [("zero", 1.0), ("brownian", 1.0), ("brownian", 0.5), ("sin2", 0.7)]
 
 
 def interp(base, gamma, a):
-    return si.Interpolant(BASES[base](), si.make_gamma(gamma, a))
+    return Interpolant(BASES[base](), make_gamma(gamma, a), source_is_gaussian=False)
 
 
 def batch(n=64, seed=0):
@@ -54,7 +55,7 @@ def test_velocity_target_is_the_time_derivative(base, gamma, a):
 def test_linear_brownian_is_the_bridge_path():
     x0, x1, z = batch()
     t = torch.rand(64, generator=torch.Generator().manual_seed(1), dtype=F64)
-    a = si.Interpolant(LinearPath(), si.BrownianGamma(0.7, t_eps=1e-4)).sample(x0, x1, t, z)
+    a = Interpolant(LinearPath(), BrownianGamma(0.7, t_eps=1e-4)).sample(x0, x1, t, z)
     b = BridgePath(0.7, t_eps=1e-4).sample(x0, x1, t, z)
     assert torch.allclose(a.xt, b.xt) and torch.allclose(a.dxt, b.dxt, atol=1e-9)
 
@@ -65,7 +66,7 @@ def test_exact_fields_match_the_gaussian_closed_form():
     src = si.GaussianMixture([1.0], [[0.0, 0.0]], torch.eye(2)[None])
     dst = si.GaussianMixture([1.0], mu[None], cov[None])
     path = VPCosinePath()
-    b, _ = si.exact_fields(si.Interpolant(path), src, dst)
+    b, _ = si.exact_fields(Interpolant(path), src, dst)
     x = batch()[0]
     t = torch.linspace(0.05, 0.95, 64, dtype=F64)
     ref = GaussianTarget(mu, cov).velocity(path, x, t)
@@ -150,7 +151,7 @@ def test_denoiser_from_velocity_matches_the_exact_denoiser(base):
     src = si.GaussianMixture([1.0], [[0.0, 0.0]], torch.eye(2)[None])
     dst = si.GaussianMixture([0.3, 0.7], [[2.0, 1.0], [-1.0, -2.0]],
                              torch.stack([0.3 * torch.eye(2), torch.tensor([[0.5, 0.2], [0.2, 0.3]])]))
-    it = si.Interpolant(BASES[base](), si.BrownianGamma(1.0), source_is_gaussian=True)
+    it = Interpolant(BASES[base](), BrownianGamma(1.0), source_is_gaussian=True)
     b, eta = si.exact_fields(it, src, dst)
     eta_b = si.denoiser_from_velocity(b, it)
     x = 2 * batch()[0]
@@ -193,8 +194,8 @@ def test_bad_inputs_are_rejected():
     with pytest.raises(ValueError, match="denoiser"):
         si.sample_sde(lambda x, t: x, None, it, x0, 1.0, 10, torch.Generator())
     with pytest.raises(ValueError, match="unknown gamma"):
-        si.make_gamma("cubic")
+        make_gamma("cubic")
     with pytest.raises(ValueError, match="a > 0"):
-        si.BrownianGamma(-1.0)
+        BrownianGamma(-1.0)
     with pytest.raises(ValueError, match="sum to 1"):
         si.GaussianMixture([0.5, 0.6], [[0.0], [1.0]], torch.ones(2, 1, 1))

@@ -168,8 +168,10 @@ def test_record_writes_the_design_json_format(tmp_path, monkeypatch):
     assert path == tmp_path / "quick" / "99_unit.json"
     assert not list(tmp_path.rglob("*.tmp"))  # written atomically
     out = json.loads(path.read_text())
-    assert list(out) == ["chapter", "mode", "seed", "git_sha", "torch", "device", "threads",
-                         "wall_s", "metrics"]
+    assert list(out) == ["chapter", "mode", "seed", "git_sha", "torch", "versions", "device",
+                         "threads", "wall_s", "metrics"]
+    assert out["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert set(out["versions"]) == {"python", "torch", "numpy", "scipy", "pot"}
     assert out["chapter"] == "99_unit" and out["mode"] == "quick" and out["seed"] == 3
     assert out["torch"] == torch.__version__ and out["device"] == "cpu"
     assert out["threads"] == torch.get_num_threads() and out["wall_s"] == 1.23

@@ -16,11 +16,24 @@ import torch
 
 from minigen.eval.gaussian import GaussianTarget
 from minigen.recipe import paths
+from minigen.recipe.gamma import BrownianGamma, SineSquaredGamma
 
 torch.set_num_threads(1)
 F64 = torch.float64
+# gamma paths beyond the registry's defaults: the schedule, boundary and sampling tests run
+# over them too (the registry's "interpolant" default has gamma = 0, "bridge" the Brownian one)
+WITH_GAMMA = {
+    "interpolant_trig_sin2": lambda: paths.Interpolant(paths.VPCosinePath(), SineSquaredGamma(0.7)),
+    "interpolant_linear_brownian": lambda: paths.Interpolant(paths.LinearPath(), BrownianGamma(0.5)),
+    "interpolant_trig_brownian": lambda: paths.Interpolant(paths.VPCosinePath(), BrownianGamma(1.0)),
+}
 ALL = sorted(paths.PATHS)
+SCHEDULES = ALL + sorted(WITH_GAMMA)
 NO_BRIDGE = [n for n in ALL if not paths.PATHS[n].has_bridge_noise]
+
+
+def build(name: str) -> paths.GaussianPath:
+    return WITH_GAMMA[name]() if name in WITH_GAMMA else paths.make_path(name)
 CONVERSIONS = ("velocity_from_x1", "x1_from_velocity", "x0_from_velocity",
                "velocity_from_epsilon", "epsilon_from_velocity", "x1_from_epsilon",
                "epsilon_from_x1", "score_from_epsilon", "epsilon_from_score",
@@ -37,7 +50,8 @@ def random_t(n: int, g: torch.Generator) -> torch.Tensor:
 
 
 def test_registry_and_make_path():
-    assert set(paths.PATHS) == {"linear", "bridge", "vp_cosine", "vp_linear", "ve", "sub_vp"}
+    assert set(paths.PATHS) == {"linear", "bridge", "vp_cosine", "vp_linear", "ve", "sub_vp",
+                                "interpolant"}
     for name, cls in paths.PATHS.items():
         p = paths.make_path(name)
         assert isinstance(p, cls) and p.name == name and p.source_is_gaussian
@@ -103,12 +117,12 @@ def test_bridge_conversions_raise():
         p.x1_from_velocity(x, x, t)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", SCHEDULES)
 def test_schedule_derivatives_match_finite_differences(name):
     """Central differences with h = 1e-6 in float64: error <= h²/6 max|f'''| + 1e-16 max|f| / h.
     The worst case is VP linear-beta's sigma near t = 0.98 (|f'''| ~ 2e3, |f'| ~ 1) and VE's
     sigma (|f'''| ~ 3e4, |f'| ~ 4e2): relative error < 1e-8, so rtol = 1e-6 is rounding slack."""
-    path = paths.make_path(name)
+    path = build(name)  # random_t keeps t in [0.02, 0.98], off the singular ends of gamma'
     t = random_t(200, gen(3))
     h = 1e-6
     pairs = [(path.alpha, path.d_alpha), (path.sigma, path.d_sigma), (path.gamma, path.d_gamma)]
@@ -117,9 +131,9 @@ def test_schedule_derivatives_match_finite_differences(name):
         assert torch.allclose(df(t), fd, rtol=1e-6, atol=1e-8), (name, f.__name__)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", SCHEDULES)
 def test_boundaries_hold_within_the_stated_tolerance(name):
-    path = paths.make_path(name)
+    path = build(name)
     t = torch.tensor([0.0, 1.0], dtype=F64)
     got = (path.alpha(t)[0], path.sigma(t)[0], path.alpha(t)[1], path.sigma(t)[1])
     for g, want in zip(got, path.boundary):
@@ -243,3 +257,21 @@ def test_bridge_path_needs_z_and_its_velocity_is_the_time_derivative():
     assert ps.z is z
     with pytest.raises(ValueError, match="s must be > 0"):
         paths.BridgePath(s=0.0)
+
+
+@pytest.mark.parametrize("name", sorted(WITH_GAMMA) + ["bridge"])
+def test_gamma_path_sample_is_the_interpolant_and_its_time_derivative(name):
+    """x_t = alpha x1 + sigma x0 + gamma z and dx_t/dt against central differences, for every
+    path with independent noise (the one implementation SB-CFM and chapter 05 share)."""
+    path = build(name)
+    g = gen(8)
+    t = random_t(16, g)
+    x0, x1, z = (torch.randn(16, 2, generator=g, dtype=F64) for _ in range(3))
+    ps = path.sample(x0, x1, t, z)
+    a, s, c = (f(t)[:, None] for f in (path.alpha, path.sigma, path.gamma))
+    assert torch.allclose(ps.xt, a * x1 + s * x0 + c * z)
+    h = 1e-6
+    fd = (path.sample(x0, x1, t + h, z).xt - path.sample(x0, x1, t - h, z).xt) / (2 * h)
+    assert torch.allclose(ps.dxt, fd, rtol=1e-6, atol=1e-6)
+    # training times stay off the ends where gamma' is singular
+    assert (path.t_min, path.t_max) == (path.noise.t_eps, 1 - path.noise.t_eps)

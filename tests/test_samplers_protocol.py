@@ -10,7 +10,7 @@ import torch
 from minigen.diffusion import pfgmpp
 from minigen.diffusion.ddpm import DDPMLoss, DDPMSchedule
 from minigen.recipe.ode_solvers import METHODS, integrate
-from minigen.recipe.paths import LinearPath
+from minigen.recipe.paths import Interpolant, LinearPath
 from minigen.recipe.results import LossResult, SampleResult
 from minigen.recipe.sde import VPSDE
 from minigen.recipe.sde_solvers import euler_maruyama, predictor_corrector
@@ -41,7 +41,7 @@ def samplers(c):
     """name -> a call that runs the sampler with the condition c."""
     sched, sde = DDPMSchedule(T=20), VPSDE()
     x0 = torch.randn(SHAPE, generator=gen(1))
-    interp = si.Interpolant(LinearPath())
+    interp = Interpolant(LinearPath())
     out = {f"ode_{m}": lambda f, m=m: integrate(f, x0, m, steps=4, c=c) for m in METHODS}
     out.update({
         "euler_maruyama": lambda f: euler_maruyama(sde, f, SHAPE, gen(), steps=6, c=c),

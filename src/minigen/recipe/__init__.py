@@ -2,7 +2,9 @@
 t = 0 the source, t = 1 the data.
 
     couplings.py      part 1: how x0 and x1 are paired (independent, exact OT, Sinkhorn, Gibbs weights)
-    paths.py          part 2: Gaussian paths, their schedules and exact prediction conversions
+    paths.py          part 2: Gaussian paths, their schedules and exact prediction conversions;
+                      the Interpolant, which adds gamma(t) z to any of them (BridgePath is one)
+    gamma.py          part 2: gamma(t) schedules of the independent noise (Brownian, sin²)
     time_samplers.py  part 3: where in t a loss looks (uniform, logit-normal, mode, likelihood IS, EDM)
     objectives.py     part 3: conditional flow matching, the per-t diagnostic, the loss result type
     ode_solvers.py    part 4: fixed-step and adaptive ODE solvers with NFE counts

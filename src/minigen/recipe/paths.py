@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from minigen.broadcast import expand_t
+from minigen.recipe.gamma import BrownianGamma, ZeroGamma
 
 Tensor = torch.Tensor
 
@@ -209,32 +210,6 @@ class LinearPath(GaussianPath):
         return PathSample(t=t, x0=x0, x1=x1, xt=tt * x1 + (1 - tt) * x0, dxt=x1 - x0, z=z)
 
 
-class BridgePath(LinearPath):
-    """Linear path plus Brownian-bridge noise gamma(t) = s·sqrt(t (1 - t))
-    (Schrödinger-bridge CFM, Tong et al., 2024, Prop. 3.4):
-
-        x_t = t x1 + (1 - t) x0 + s sqrt(t(1-t)) z,
-        u_t = x1 - x0 + s (1 - 2t) / (2 sqrt(t(1-t))) z.
-
-    gamma' is singular at t = 0, 1; times are clamped to [t_eps, 1 - t_eps] there.
-    """
-
-    name = "bridge"
-    has_bridge_noise = True
-
-    def __init__(self, s: float = 1.0, t_eps: float = 1e-4, source_is_gaussian: bool = True):
-        if s <= 0:
-            raise ValueError(f"bridge noise level s must be > 0, got {s}")
-        self.s, self.t_eps = s, t_eps
-        super().__init__(source_is_gaussian)
-
-    def gamma(self, t): return self.s * torch.sqrt(t * (1 - t))
-
-    def d_gamma(self, t):
-        t = t.clamp(self.t_eps, 1 - self.t_eps)
-        return self.s * (1 - 2 * t) / (2 * torch.sqrt(t * (1 - t)))
-
-
 class VPCosinePath(GaussianPath):
     """Variance-preserving cosine path: alpha = sin(pi t / 2), sigma = cos(pi t / 2)
     (Nichol & Dhariwal, 2021, in our time; alpha² + sigma² = 1). Exact boundaries
@@ -329,9 +304,82 @@ class SubVPPath(GaussianPath):
     def d_sigma(self, t): return -2 * self.vp.alpha(t) * self.vp.d_alpha(t)
 
 
+class Interpolant(GaussianPath):
+    """x_t = alpha x1 + sigma x0 + gamma z: alpha, sigma from ``base`` (a GaussianPath with
+    exact boundaries; default ``LinearPath``) and a gamma schedule (``minigen.recipe.gamma``;
+    default none), the one way any path gains independent noise (Albergo et al., 2023).
+
+    ``objectives.CFM(interpolant)`` is the velocity loss for b: it draws z, and clamps t to
+    [t_min, t_max] = [t_eps, 1 - t_eps] where gamma' is singular. ``source_is_gaussian``
+    defaults to the base's.
+    """
+
+    name = "interpolant"
+
+    def __init__(self, base: GaussianPath | None = None, gamma=None,
+                 source_is_gaussian: bool | None = None):
+        base = LinearPath() if base is None else base
+        if source_is_gaussian is None:
+            source_is_gaussian = base.source_is_gaussian
+        self.base, self.noise = base, gamma if gamma is not None else ZeroGamma()
+        self.has_bridge_noise = not isinstance(self.noise, ZeroGamma)
+        self.t_min, self.t_max = self.noise.t_eps, 1 - self.noise.t_eps
+        super().__init__(source_is_gaussian)
+        ends = self.noise(torch.tensor([0.0, 1.0], dtype=torch.float64))
+        if ends.abs().max() > 1e-12:
+            raise ValueError(f"gamma must vanish at t = 0 and 1, got {ends.tolist()}")
+
+    def alpha(self, t): return self.base.alpha(t)
+    def sigma(self, t): return self.base.sigma(t)
+    def d_alpha(self, t): return self.base.d_alpha(t)
+    def d_sigma(self, t): return self.base.d_sigma(t)
+    def gamma(self, t): return self.noise(t)
+    def d_gamma(self, t): return self.noise.deriv(t)
+
+    def sample(self, x0: Tensor, x1: Tensor, t: Tensor, z: Tensor | None = None) -> PathSample:
+        """x_t and its velocity alpha' x1 + sigma' x0 + gamma' z; t (B,) or scalar in [0, 1]."""
+        t = torch.as_tensor(t)
+        if t.numel() and (t.min() < 0 or t.max() > 1):
+            raise ValueError(f"t must lie in [0, 1], got range [{float(t.min())}, {float(t.max())}]")
+        if x0.shape != x1.shape:
+            raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} "
+                             f"and {tuple(x1.shape)}")
+        if z is not None and z.shape != x1.shape:
+            raise ValueError(f"z must have the shape of x1 {tuple(x1.shape)}, got {tuple(z.shape)}")
+        return super().sample(x0, x1, t, z)
+
+    def __repr__(self) -> str:
+        a = getattr(self.noise, "a", 0.0)
+        return f"Interpolant({self.base.name}, gamma={self.noise.name}(a={a}))"
+
+
+class BridgePath(Interpolant):
+    """Linear path plus Brownian-bridge noise gamma(t) = s·sqrt(t (1 - t))
+    (Schrödinger-bridge CFM, Tong et al., 2024, Prop. 3.4):
+
+        x_t = t x1 + (1 - t) x0 + s sqrt(t(1-t)) z,
+        u_t = x1 - x0 + s (1 - 2t) / (2 sqrt(t(1-t))) z.
+
+    ``Interpolant(LinearPath(), BrownianGamma(s, t_eps))``: gamma' is singular at t = 0, 1, so
+    it is evaluated at t clamped to [t_eps, 1 - t_eps] and training times are kept there.
+    """
+
+    name = "bridge"
+    has_bridge_noise = True
+
+    def __init__(self, s: float = 1.0, t_eps: float = 1e-4, source_is_gaussian: bool = True):
+        if not s > 0:
+            raise ValueError(f"bridge noise level s must be > 0, got {s}")
+        self.s, self.t_eps = s, t_eps
+        super().__init__(LinearPath(source_is_gaussian), BrownianGamma(s, t_eps), source_is_gaussian)
+
+    def __repr__(self) -> str:
+        return f"BridgePath(s={self.s}, t_eps={self.t_eps}, source_is_gaussian={self.source_is_gaussian})"
+
+
 PATHS = {"linear": LinearPath, "bridge": BridgePath, "vp_cosine": VPCosinePath,
          "vp_linear": VPLinearBetaPath, "ve": VEPath,
-         "sub_vp": SubVPPath}
+         "sub_vp": SubVPPath, "interpolant": Interpolant}
 
 
 def make_path(name: str, **kwargs) -> GaussianPath:

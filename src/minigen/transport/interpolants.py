@@ -25,14 +25,13 @@ The ends: s = -eta / gamma is 0/0 where gamma = 0 (t = 0 and t = 1), and a learn
 eta's error is divided by gamma. ``sample_sde`` therefore takes, by default,
 eps(t) = eps · gamma(t) / max gamma: the noise level follows gamma and vanishes at the
 ends, the drift term eps(t) s = -eps eta / max gamma stays bounded, and the marginals are
-unchanged (any eps(t) >= 0 keeps them). The alpha and sigma schedules are reused
-from ``paths`` (``LinearPath``, ``VPCosinePath``); ``paths.BridgePath`` is the
-special case linear + ``BrownianGamma(s)``.
+unchanged (any eps(t) >= 0 keeps them). The interpolant itself is a path of the recipe,
+``minigen.recipe.paths.Interpolant`` (any base path plus a gamma of ``minigen.recipe.gamma``);
+``paths.BridgePath`` is the special case linear + ``BrownianGamma(s)``.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,111 +41,11 @@ import torch.nn.functional as F
 from minigen.broadcast import expand_t
 from minigen.recipe.couplings import independent
 from minigen.recipe.objectives import CFM
-from minigen.recipe.paths import GaussianPath, PathSample
+from minigen.recipe.paths import Interpolant
 from minigen.recipe.results import SampleResult
 
 Tensor = torch.Tensor
 Field = Callable[[Tensor, Tensor], Tensor]
-
-
-# ---------------------------------------------------------------- gamma(t)
-
-class ZeroGamma:
-    """gamma(t) = 0: a deterministic interpolant (flow matching, rectified flow)."""
-
-    name, t_eps = "zero", 0.0
-
-    def __call__(self, t: Tensor) -> Tensor: return torch.zeros_like(t)
-    def deriv(self, t: Tensor) -> Tensor: return torch.zeros_like(t)
-
-
-class BrownianGamma:
-    """gamma(t) = a sqrt(t (1 - t)), the Brownian-bridge scale (Albergo et al., 2023;
-    a = sqrt(a') for their sqrt(a' t(1-t))). gamma' = a (1 - 2t) / (2 sqrt(t(1-t))) is
-    singular at t = 0, 1: it is evaluated at t clamped to [t_eps, 1 - t_eps]."""
-
-    name = "brownian"
-
-    def __init__(self, a: float = 1.0, t_eps: float = 1e-3):
-        if not a > 0 or not 0 < t_eps < 0.5:
-            raise ValueError(f"need a > 0 and 0 < t_eps < 0.5, got a={a}, t_eps={t_eps}")
-        self.a, self.t_eps = a, t_eps
-
-    def __call__(self, t: Tensor) -> Tensor:
-        return self.a * torch.sqrt((t * (1 - t)).clamp_min(0))
-
-    def deriv(self, t: Tensor) -> Tensor:
-        t = t.clamp(self.t_eps, 1 - self.t_eps)
-        return self.a * (1 - 2 * t) / (2 * torch.sqrt(t * (1 - t)))
-
-
-class SineSquaredGamma:
-    """gamma(t) = a sin²(pi t): zero with zero slope at both ends, so gamma' is bounded."""
-
-    name, t_eps = "sin2", 0.0
-
-    def __init__(self, a: float = 1.0):
-        if not a > 0:
-            raise ValueError(f"need a > 0, got {a}")
-        self.a = a
-
-    def __call__(self, t: Tensor) -> Tensor: return self.a * torch.sin(math.pi * t) ** 2
-    def deriv(self, t: Tensor) -> Tensor: return self.a * math.pi * torch.sin(2 * math.pi * t)
-
-
-GAMMAS = {"zero": ZeroGamma, "brownian": BrownianGamma, "sin2": SineSquaredGamma}
-
-
-def make_gamma(name: str, a: float = 1.0):
-    """Build a gamma schedule by name (see ``GAMMAS``)."""
-    if name not in GAMMAS:
-        raise ValueError(f"unknown gamma {name!r}; choose from {sorted(GAMMAS)}")
-    return ZeroGamma() if name == "zero" else GAMMAS[name](a)
-
-
-# ---------------------------------------------------------------- the interpolant
-
-class Interpolant(GaussianPath):
-    """x_t = alpha x1 + sigma x0 + gamma z with alpha, sigma from ``base`` (a GaussianPath
-    with exact boundaries, e.g. LinearPath or VPCosinePath) and a gamma schedule.
-
-    A GaussianPath, so ``objectives.CFM(interpolant)`` is the velocity loss for b
-    (it draws z and clamps t to [t_min, t_max] where gamma' is singular).
-    """
-
-    name = "interpolant"
-
-    def __init__(self, base: GaussianPath, gamma=None, source_is_gaussian: bool = False):
-        self.base, self.noise = base, gamma if gamma is not None else ZeroGamma()
-        self.has_bridge_noise = not isinstance(self.noise, ZeroGamma)
-        self.t_min, self.t_max = self.noise.t_eps, 1 - self.noise.t_eps
-        super().__init__(source_is_gaussian)
-        ends = self.noise(torch.tensor([0.0, 1.0], dtype=torch.float64))
-        if ends.abs().max() > 1e-12:
-            raise ValueError(f"gamma must vanish at t = 0 and 1, got {ends.tolist()}")
-
-    def alpha(self, t): return self.base.alpha(t)
-    def sigma(self, t): return self.base.sigma(t)
-    def d_alpha(self, t): return self.base.d_alpha(t)
-    def d_sigma(self, t): return self.base.d_sigma(t)
-    def gamma(self, t): return self.noise(t)
-    def d_gamma(self, t): return self.noise.deriv(t)
-
-    def sample(self, x0: Tensor, x1: Tensor, t: Tensor, z: Tensor | None = None) -> PathSample:
-        """x_t and its velocity alpha' x1 + sigma' x0 + gamma' z; t (B,) or scalar in [0, 1]."""
-        t = torch.as_tensor(t)
-        if t.numel() and (t.min() < 0 or t.max() > 1):
-            raise ValueError(f"t must lie in [0, 1], got range [{float(t.min())}, {float(t.max())}]")
-        if x0.shape != x1.shape:
-            raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} "
-                             f"and {tuple(x1.shape)}")
-        if z is not None and z.shape != x1.shape:
-            raise ValueError(f"z must have the shape of x1 {tuple(x1.shape)}, got {tuple(z.shape)}")
-        return super().sample(x0, x1, t, z)
-
-    def __repr__(self) -> str:
-        a = getattr(self.noise, "a", 0.0)
-        return f"Interpolant({self.base.name}, gamma={self.noise.name}(a={a}))"
 
 
 # ---------------------------------------------------------------- the two losses
