@@ -36,10 +36,11 @@
 # the path, and maps the time conventions of the papers onto ours.
 
 # %% tags=["parameters"]
-from minigen.workbook.record import quick_from_env
+from minigen.workbook.record import parameter_defaults, quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
+defaults = parameter_defaults(globals())  # before papermill's injected parameters
 
 # %%
 import time

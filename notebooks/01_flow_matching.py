@@ -45,7 +45,7 @@
 # gets close (Tong et al., 2024; Pooladian et al., 2023).
 
 # %% tags=["parameters"]
-from minigen.workbook.record import quick_from_env
+from minigen.workbook.record import parameter_defaults, quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
@@ -56,6 +56,7 @@ n_eval = 2000  # fresh points for exact W2 (EMD)
 ll_points = 2000  # test points for the exact log-likelihood
 grid = 80  # density image resolution
 ema_decay = 0.999
+defaults = parameter_defaults(globals())  # before papermill's injected parameters
 
 # %%
 import math
@@ -72,7 +73,7 @@ from minigen.recipe import objectives
 from minigen.recipe.likelihood import log_likelihood, standard_normal_log_prob
 from minigen.recipe.ode_solvers import sample
 from minigen.train import train
-from minigen.workbook.record import ResultsTable, metric, record
+from minigen.workbook.record import ResultsTable, apply_quick, metric, record
 from minigen.workbook.viz import (
     animation_html,
     log_density_image,
@@ -86,8 +87,8 @@ from minigen.workbook.viz import (
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
 if quick:
-    steps_main, steps_other, batch_size, n_eval, ll_points, grid = 1500, 1500, 128, 500, 300, 30
-    ema_decay = 0.99
+    apply_quick(globals(), defaults, steps_main=1500, steps_other=1500, batch_size=128, n_eval=500,
+                ll_points=300, grid=30, ema_decay=0.99)
 PAIRS = {"8gaussians-moons": ("8gaussians", "moons"),
          "normal-8gaussians": ("normal", "8gaussians"),
          "normal-checkerboard": ("normal", "checkerboard")}

@@ -69,7 +69,7 @@
 # steps, where the sample's shape is decided.
 
 # %% tags=["parameters"]
-from minigen.workbook.record import quick_from_env
+from minigen.workbook.record import parameter_defaults, quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
@@ -96,6 +96,7 @@ ema_decay = 0.999  # EMA of the 2D models' weights
 image_lr = 2e-3  # peak learning rate of the U-Nets: warm-up, then cosine decay to 0
 image_ema = 0.999  # EMA of the U-Nets' weights (train.EMA warms its decay up)
 gpu = False
+defaults = parameter_defaults(globals())  # before papermill's injected parameters
 
 # %%
 import copy
@@ -126,16 +127,16 @@ from minigen.recipe.ode_solvers import integrate
 from minigen.recipe.results import SampleResult
 from minigen.recipe.wrappers import velocity_from_epsilon_model
 from minigen.train import pick_device, train
-from minigen.workbook.record import ResultsTable, metric, record
+from minigen.workbook.record import ResultsTable, apply_quick, metric, record
 from minigen.workbook.viz import scatter, show_source
 
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
 if quick:
-    toy_steps, toy_seeds, n_eval, toy_nll_terms = 600, 1, 300, 8
-    image_steps, n_gen, nll_images, nll_terms, ddim_steps = 5, 64, 32, 4, 10
-    vae_steps, refiner_steps, ema_decay, vlb_finetune_steps, image_ema = 10, 5, 0.99, 3, 0.9
-    fit_images, fit_grid = 16, 6
+    apply_quick(globals(), defaults, toy_steps=600, toy_seeds=1, n_eval=300, toy_nll_terms=8,
+                image_steps=5, n_gen=64, nll_images=32, nll_terms=4, ddim_steps=10, vae_steps=10,
+                refiner_steps=5, ema_decay=0.99, vlb_finetune_steps=3, image_ema=0.9,
+                fit_images=16, fit_grid=6)
 device = pick_device() if gpu else torch.device("cpu")
 S = DDPMSchedule()  # T = 1000, beta 1e-4 -> 0.02 (Ho et al., 2020)
 print(S, "| mode:", mode, "| device:", device)

@@ -59,7 +59,7 @@
 #   $\sigma(t)=\sigma_\max(\sigma_\min/\sigma_\max)^t$, $f=0$.
 
 # %% tags=["parameters"]
-from minigen.workbook.record import quick_from_env
+from minigen.workbook.record import parameter_defaults, quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
@@ -91,6 +91,7 @@ ll_conv_images = 50  # test images for the convergence check of the likelihood O
 ll_sigma = 0.01  # noise std at which test images are decoded back to grey levels (DDPM's sqrt(beta_1))
 ll_fit_images = 128  # training images that fit the decoder's std
 ema_decay = 0.999
+defaults = parameter_defaults(globals())  # before papermill's injected parameters
 
 # %%
 import math
@@ -119,16 +120,16 @@ from minigen.recipe.sde_solvers import euler_maruyama, langevin_corrector_step, 
 from minigen.recipe.time_samplers import LikelihoodTimeSampler
 from minigen.recipe.wrappers import probability_flow_velocity
 from minigen.train import train
-from minigen.workbook.record import ResultsTable, metric, record
+from minigen.workbook.record import ResultsTable, apply_quick, metric, record
 from minigen.workbook.viz import scatter, show_source
 
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
 if quick:
-    seeds, steps_2d, batch_2d, n_eval, ll_points, ll_steps_2d, nfe_2d = 1, 400, 128, 400, 200, 10, 100
-    width_2d, fwd_steps = 64, 400
-    digits_steps, image_steps, unet_base, n_images, nfe_images = 5, 5, 16, 64, 8
-    ll_images, ll_digits, ll_steps_images, ema_decay, ll_conv_images, ll_fit_images = 24, 24, 4, 0.98, 8, 16
+    apply_quick(globals(), defaults, seeds=1, steps_2d=400, batch_2d=128, n_eval=400, ll_points=200,
+                ll_steps_2d=10, nfe_2d=100, width_2d=64, fwd_steps=400, digits_steps=5,
+                image_steps=5, unet_base=16, n_images=64, nfe_images=8, ll_images=24, ll_digits=24,
+                ll_steps_images=4, ema_decay=0.98, ll_conv_images=8, ll_fit_images=16)
 SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(VEPath(0.01, ve_sigma_max_2d))}
 # (sde, weighting, importance sampling) per 2D configuration; VE trains one seed for the samplers
 CONFIGS_2D = {"vp": ("vp", "variance", False), "subvp": ("subvp", "variance", False),

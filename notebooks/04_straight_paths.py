@@ -89,7 +89,7 @@
 # $Z_0\mapsto Z_0+v_\theta(Z_0,0)$ (Liu et al., §2.3).
 
 # %% tags=["parameters"]
-from minigen.workbook.record import quick_from_env
+from minigen.workbook.record import parameter_defaults, quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
@@ -108,6 +108,7 @@ dit_seeds = 2  # seeds for the patch transformer
 digits_batch = 64
 fd_steps = [8, 32]  # Euler steps (NFE) at which the FD is measured
 n_fd = 359  # generated digits for the FD: the size of the held-out test split
+defaults = parameter_defaults(globals())  # before papermill's injected parameters
 
 # %%
 import math
@@ -135,15 +136,15 @@ from minigen.transport.rectified import (
     identity_terms,
     model_pairs,
 )
-from minigen.workbook.record import ResultsTable, metric, record
+from minigen.workbook.record import ResultsTable, apply_quick, metric, record
 from minigen.workbook.viz import scatter, show_source, trajectories
 
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
 if quick:
-    steps_rf1, steps_reflow, steps_distill, steps_rd = 300, 120, 60, 250
-    n_pairs, pair_steps, batch_size, n_eval, ema_decay = 2000, 10, 128, 300, 0.99
-    digits_steps, digits_seeds, dit_seeds, digits_batch, n_fd, fd_steps = 1, 1, 1, 32, 100, [4]
+    apply_quick(globals(), defaults, steps_rf1=300, steps_reflow=120, steps_distill=60, steps_rd=250,
+                n_pairs=2000, pair_steps=10, batch_size=128, n_eval=300, ema_decay=0.99,
+                digits_steps=1, digits_seeds=1, dit_seeds=1, digits_batch=32, n_fd=100, fd_steps=[4])
 metrics = {}
 print(f"{mode}: 1-RF {steps_rf1} steps, reflow {steps_reflow}, distill {steps_distill}, "
       f"Rectified Diffusion {steps_rd}; digits {digits_steps} steps x {digits_seeds} U-Net seeds, "

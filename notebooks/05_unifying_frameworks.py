@@ -80,7 +80,7 @@
 # the Brownian $\gamma$; training times are clamped to $[10^{-3},1-10^{-3}]$.)
 
 # %% tags=["parameters"]
-from minigen.workbook.record import quick_from_env
+from minigen.workbook.record import parameter_defaults, quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
@@ -100,6 +100,7 @@ n_robust = 1000  # points per robustness run
 n_1d = 20000  # samples for the 1D generator-matching checks
 steps_1d = 200
 ema_decay = 0.999
+defaults = parameter_defaults(globals())  # before papermill's injected parameters
 
 # %%
 import math
@@ -118,7 +119,7 @@ from minigen.recipe.paths import Interpolant, LinearPath, VPCosinePath
 from minigen.train import train
 from minigen.transport import generator_matching as gm
 from minigen.transport import interpolants as si
-from minigen.workbook.record import ResultsTable, metric, record
+from minigen.workbook.record import ResultsTable, apply_quick, metric, record
 from minigen.workbook.viz import scatter, show_source
 
 t_start = time.perf_counter()
@@ -126,9 +127,10 @@ mode = "quick" if quick else "full"
 PAIRS = {"8gaussians-moons": ("8gaussians", "moons", "linear"),
          "normal-checkerboard": ("normal", "checkerboard", "trig")}
 if quick:
-    steps, eta_steps, eta_snapshot, train_seeds, batch_size, n_eval, sde_steps = 600, 600, 0, 1, 128, 500, 100
-    eps_list, perturb_levels, robust_eps, n_robust = [0.0, 0.5, 2.0], [0.0, 2.0], [0.0, 2.0], 400
-    n_1d, steps_1d, ema_decay = 2000, 100, 0.99
+    apply_quick(globals(), defaults, steps=600, eta_steps=600, eta_snapshot=0, train_seeds=1,
+                batch_size=128, n_eval=500, sde_steps=100, eps_list=[0.0, 0.5, 2.0],
+                perturb_levels=[0.0, 2.0], robust_eps=[0.0, 2.0], n_robust=400, n_1d=2000,
+                steps_1d=100, ema_decay=0.99)
     PAIRS = {k: PAIRS[k] for k in ("8gaussians-moons",)}
 sample_seeds = 3 if train_seeds == 1 else 1  # the spread: 3 trainings, or 3 sampling seeds
 print(f"{mode}: pairs {list(PAIRS)}; {steps} steps for b, {eta_steps} for eta, {train_seeds} training "

@@ -82,7 +82,7 @@
 # This decides which $D$ we sweep below.
 
 # %% tags=["parameters"]
-from minigen.workbook.record import quick_from_env
+from minigen.workbook.record import parameter_defaults, quick_from_env
 
 quick = quick_from_env()  # set by MINIGEN_QUICK, or papermill -p quick True
 seed = 0
@@ -95,6 +95,7 @@ seeds_digits = 2  # U-Net training seeds per D (the spread between them)
 batch_digits = 64
 n_digits = 359  # generated digits per FD (the size of the held-out split)
 ema_decay = 0.995
+defaults = parameter_defaults(globals())  # before papermill's injected parameters
 
 # %%
 import math
@@ -110,14 +111,14 @@ from minigen.eval.metrics import wasserstein2_squared
 from minigen.nets.mlp import MLP
 from minigen.nets.unet import UNet
 from minigen.train import train
-from minigen.workbook.record import ResultsTable, metric, record
+from minigen.workbook.record import ResultsTable, apply_quick, metric, record
 from minigen.workbook.viz import scatter, show_source
 
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
 if quick:
-    steps_2d, seeds_2d, n_eval, steps_digits, n_digits, ema_decay = 300, 1, 500, 5, 64, 0.98
-    seeds_digits = 1
+    apply_quick(globals(), defaults, steps_2d=300, seeds_2d=1, n_eval=500, steps_digits=5, n_digits=64,
+                ema_decay=0.98, seeds_digits=1)
 INF = math.inf
 D_2D = [2, 4, 16, INF] if not quick else [2, 4, INF]  # N = 2: only small D differs from the Gaussian
 D_DIGITS = [4, 16, INF] if not quick else [16, INF]  # N = 64: D/N = 1/16, 1/4, and the Gaussian

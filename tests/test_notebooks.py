@@ -23,6 +23,10 @@ def test_notebook_structure(chapter):
     src = (ROOT / "notebooks" / f"{chapter}.py").read_text()
     assert len(re.findall(r'tags=\["parameters"\]', src)) == 1, "exactly one parameters cell"
     assert "quick_from_env()" in src, "the parameters cell reads quick mode from the environment"
+    cell = src[src.index('tags=["parameters"]'):]
+    cell = cell[:cell.index("\n# %%")]
+    assert cell.rstrip().splitlines()[-1].startswith("defaults = parameter_defaults(globals())"), \
+        "the parameters cell ends by recording its defaults, so quick mode keeps passed values"
     assert "## Summary" in src and "## Exercises" in src
     assert "record(" in src
     # a Python string that meant "\\beta" leaves a backspace, which MathJax cannot typeset

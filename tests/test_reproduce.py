@@ -176,3 +176,49 @@ def test_a_failing_cell_is_not_run_again(tmp_path):
     src.write_text("# %%\nraise ValueError('boom')\n")
     res = reproduce.execute_one(str(src), str(tmp_path / "out"), "quick", reproduce.ensure_kernel())
     assert res.attempts == 1 and "ValueError" in res.error and "boom" in res.error
+
+
+QUICK_PARAMS = '''# %% tags=["parameters"]
+from minigen.workbook.record import parameter_defaults
+
+quick = False
+steps = 10000
+width = 64
+defaults = parameter_defaults(globals())
+
+# %%
+from minigen.workbook.record import apply_quick
+
+if quick:
+    apply_quick(globals(), defaults, steps=1500, width=16)
+print(f"steps={steps} width={width}")
+'''
+
+
+@pytest.mark.parametrize("params,expected", [
+    ({"quick": True}, "steps=1500 width=16"),
+    ({"quick": True, "steps": 500}, "steps=500 width=16"),   # a passed parameter is kept
+    ({"quick": False, "steps": 500}, "steps=500 width=64"),
+])
+def test_quick_mode_keeps_the_parameters_a_run_passes(tmp_path, params, expected):
+    """papermill -p steps 500 in quick mode takes effect: apply_quick only overrides the values
+    still at the parameters cell's defaults."""
+    import nbformat
+    import papermill
+
+    py = tmp_path / "97_params.py"
+    py.write_text(QUICK_PARAMS)
+    kernel = reproduce.ensure_kernel()
+    src, out = tmp_path / "97_params.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(reproduce.to_notebook(py, kernel), src)
+    papermill.execute_notebook(str(src), str(out), parameters=params, kernel_name=kernel,
+                               progress_bar=False, log_output=False)
+    assert expected in out.read_text()
+
+
+def test_apply_quick_refuses_a_name_that_is_not_a_parameter():
+    from minigen.workbook.record import apply_quick, parameter_defaults
+
+    ns = {"steps": 10}
+    with pytest.raises(KeyError, match="not parameters"):
+        apply_quick(ns, parameter_defaults(ns), stpes=1)

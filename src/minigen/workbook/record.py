@@ -15,6 +15,7 @@ one format.
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import math
@@ -38,6 +39,34 @@ def quick_from_env(default: bool = False) -> bool:
     if value is None:
         return default
     return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+_PLAIN = (bool, int, float, str, type(None), list, tuple, dict)
+
+
+def parameter_defaults(namespace: dict) -> dict:
+    """A copy of a notebook's parameters, taken as the last line of its ``parameters`` cell —
+    before papermill's injected cell, which follows it — so ``apply_quick`` can tell the
+    values a run passed (``-p steps 500``) from the cell's defaults. Plain values only."""
+    return {k: copy.deepcopy(v) for k, v in namespace.items()
+            if not k.startswith("_") and isinstance(v, _PLAIN)}
+
+
+def apply_quick(namespace: dict, defaults: dict, **quick_values) -> list[str]:
+    """Quick mode's settings, written into the notebook's ``namespace`` (its ``globals()``),
+    except for a parameter the run passed itself: one whose value differs from the parameters
+    cell's default is kept, and named. (A value passed equal to the full-mode default cannot be
+    told from it, and gets the quick value.) Returns the names kept."""
+    unknown = sorted(set(quick_values) - set(defaults))
+    if unknown:
+        raise KeyError(f"apply_quick: {unknown} are not parameters of this notebook")
+    kept = [k for k in quick_values if namespace.get(k) != defaults[k]]
+    for name, value in quick_values.items():
+        if name not in kept:
+            namespace[name] = value
+    if kept:
+        print("quick mode keeps the values passed for: " + ", ".join(kept))
+    return kept
 
 
 def repo_root(start: Path | None = None) -> Path:
