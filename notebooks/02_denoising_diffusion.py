@@ -120,7 +120,7 @@ from minigen.diffusion.ddpm_bound import (
 )
 from minigen.eval import bits, fd
 from minigen.eval.bits import LevelDecoder, unit_interval_bins
-from minigen.eval.metrics import wasserstein2_squared
+from minigen.eval.metrics import mean_and_std, wasserstein2_squared
 from minigen.nets.mlp import MLP
 from minigen.nets.unet import UNet
 from minigen.recipe.ode_solvers import integrate
@@ -220,8 +220,7 @@ print(f"floor (two fresh data samples): W2² {floor:.4f}")
 
 # %%
 def spread(kind, key):
-    v = torch.tensor([toy_eval[kind, s][key] for s in range(toy_seeds)])
-    return float(v.mean()), float(v.std()) if toy_seeds > 1 else 0.0
+    return mean_and_std([toy_eval[kind, s][key] for s in range(toy_seeds)])
 
 
 for key, name in (("nll", "bound (nats)"), ("w2sq", "ancestral W2²")):
@@ -376,12 +375,7 @@ real_feats = fd.features(x_test_img[:n_gen], clf)
 
 def image_quality(x):
     """FD, precision/recall (vs the test split), confidence and class shares of images."""
-    x = x.clamp(-1, 1)
-    f = fd.features(x, clf)
-    probs = fd.class_probabilities(x, clf)
-    precision, recall = fd.knn_precision_recall(real_feats, f)
-    return {"fd": fd.frechet_distance(real_feats, f), "precision": precision, "recall": recall,
-            "top": fd.mean_top_class_probability(probs), "hist": fd.class_histogram(probs)}
+    return fd.sample_quality(x, real_feats, clf)
 
 
 v_img = velocity_from_epsilon_model(unet, path)

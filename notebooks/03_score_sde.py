@@ -110,7 +110,7 @@ from minigen.diffusion.score_matching import (
 )
 from minigen.eval import bits, fd
 from minigen.eval.bits import LevelDecoder
-from minigen.eval.metrics import wasserstein2_squared
+from minigen.eval.metrics import mean_and_std, wasserstein2_squared
 from minigen.nets.mlp import MLP
 from minigen.nets.unet import UNet
 from minigen.recipe.ode_solvers import integrate
@@ -375,8 +375,7 @@ w2_em_ode = {cfg: wasserstein2_squared(samples_2d[cfg, 0, "em"], samples_2d[cfg,
 
 
 def mean_std(values):
-    v = torch.tensor(values, dtype=torch.float64)
-    return float(v.mean()), float(v.std()) if len(v) > 1 else 0.0
+    return mean_and_std(torch.tensor(values, dtype=torch.float64))
 
 
 print(f"W2² to {n_eval} fresh data points at NFE = {nfe_2d}; data floor {w2_floor:.4f}, prior {w2_prior:.2f}")
@@ -579,13 +578,10 @@ for smp in SAMPLERS:
                     (1, image_size, image_size)).clamp(-1, 1)
     img_time[smp] = time.perf_counter() - t0
     img_samples[smp] = x
-    probs = fd.class_probabilities(x, clf)
-    hist = fd.class_histogram(probs)
-    feats = fd.features(x, clf)
-    p, r = fd.knn_precision_recall(real_feats, feats)
-    img_metrics[smp] = {"top_prob": fd.mean_top_class_probability(probs), "hist_min": float(hist.min()),
-                        "hist_max": float(hist.max()), "fd": fd.frechet_distance(real_feats, feats),
-                        "precision": p, "recall": r}
+    q = fd.sample_quality(x, real_feats, clf)
+    img_metrics[smp] = {"top_prob": q["top"], "hist_min": float(q["hist"].min()),
+                        "hist_max": float(q["hist"].max()), "fd": q["fd"],
+                        "precision": q["precision"], "recall": q["recall"]}
 print(f"classifier test accuracy {clf.info['test_accuracy']:.4f} (28x28), "
       f"{clf.info['test_accuracy_14']:.4f} (after a 14x14 round trip)")
 print(f"real vs real at n = {n_images}: FD {floor['fd']:.3f}, precision {floor['precision']:.3f}, "

@@ -119,7 +119,7 @@ import torch
 
 from minigen.data import images, toy2d
 from minigen.eval import fd
-from minigen.eval.metrics import w2sq_at_steps, wasserstein2_squared
+from minigen.eval.metrics import flow_terms, w2sq_at_steps, wasserstein2_squared
 from minigen.nets.mlp import MLP
 from minigen.nets.transformer import PatchTransformer
 from minigen.nets.unet import UNet
@@ -131,7 +131,6 @@ from minigen.train import train
 from minigen.transport.rectified import (
     ReflowCoupling,
     ddim_sample,
-    flow_terms,
     gaussian_rectified_velocity,
     identity_terms,
     model_pairs,

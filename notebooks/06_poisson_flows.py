@@ -107,7 +107,7 @@ import torch
 from minigen.data import images, toy2d
 from minigen.diffusion import pfgmpp as P
 from minigen.eval import fd
-from minigen.eval.metrics import wasserstein2_squared
+from minigen.eval.metrics import mean_and_std, wasserstein2_squared
 from minigen.nets.mlp import MLP
 from minigen.nets.unet import UNet
 from minigen.train import train
@@ -323,8 +323,7 @@ for D in D_2D:
 
 
 def mean_std(table, D, kind, v):
-    vals = torch.tensor([table[D, kind, v, s] for s in range(seeds_2d)], dtype=torch.float64)
-    return vals.mean().item(), vals.std().item() if len(vals) > 1 else 0.0  # one seed: no spread
+    return mean_and_std(torch.tensor([table[D, kind, v, s] for s in range(seeds_2d)], dtype=torch.float64))
 
 
 print("W2² to the data (mean ± std over seeds) with state noise alpha sigma_t, 18 Heun steps:")

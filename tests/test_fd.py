@@ -143,3 +143,18 @@ def test_real_vs_real_floor_and_probabilities_on_the_fake_set(tiny_classifier_se
         fd.real_vs_real_floor(33, classifier=model)
     probs = fd.class_probabilities(fd.real_mnist_images("test", 7)[0], model)
     assert probs.shape == (32, 10) and torch.allclose(probs.sum(1), torch.ones(32))
+
+
+def test_sample_quality_of_the_real_images_themselves():
+    """Images scored against their own features: FD 0, precision and recall 1, class shares that
+    sum to 1; values outside [-1, 1] are clamped first (the same figures as the clamped set)."""
+    torch.manual_seed(0)
+    model = fd.MnistClassifier().eval()
+    x = torch.rand(40, 1, 14, 14) * 2 - 1
+    q = fd.sample_quality(x, fd.features(x, model), model)
+    assert q["fd"] == pytest.approx(0.0, abs=1e-6)
+    assert q["precision"] == 1.0 and q["recall"] == 1.0
+    assert q["hist"].shape == (10,) and float(q["hist"].sum()) == pytest.approx(1.0)
+    loud = fd.sample_quality(3 * x, fd.features(x.clamp(-1, 1), model), model)
+    assert loud["fd"] == pytest.approx(fd.sample_quality((3 * x).clamp(-1, 1), fd.features(x, model),
+                                                          model)["fd"])

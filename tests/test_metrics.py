@@ -199,3 +199,15 @@ def test_quick_from_env_parses_minigen_quick(monkeypatch, value, expected):
 def test_quick_from_env_default_when_unset(monkeypatch):
     monkeypatch.delenv("MINIGEN_QUICK", raising=False)
     assert record.quick_from_env() is False and record.quick_from_env(default=True) is True
+
+
+def test_mean_and_std_over_seeds_and_mean_and_se():
+    from minigen.eval.metrics import mean_and_se, mean_and_std
+
+    assert mean_and_std([2.0]) == (2.0, 0.0)  # one seed: no spread
+    m, s = mean_and_std(torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64))
+    assert m == 2.0 and s == pytest.approx(1.0)  # n - 1 in the denominator
+    m, se = mean_and_se(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert m == 2.5 and se == pytest.approx(math.sqrt(5 / 3) / 2)
+    with pytest.raises(ValueError, match="two values"):
+        mean_and_se(torch.tensor([1.0]))

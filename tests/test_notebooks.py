@@ -51,3 +51,28 @@ def test_results_format(chapter):
 def test_chapter_has_its_test_file(chapter):
     assert (ROOT / "tests" / "chapters" / f"test_{chapter}.py").is_file(), \
         f"chapter {chapter} needs tests/chapters/test_{chapter}.py asserting its figures"
+
+
+NOTEBOOK_GUIDE_LINES = 600
+# Over the soft guide, each with its reason (the chapter contract: say why, or split).
+LONG_CHAPTERS = {
+    "02_denoising_diffusion": "three papers on one epsilon network: DDPM's bound term by term, "
+                              "DDIM and the ODE, DiffuseVAE's refiner; splits when chapter 09 "
+                              "takes over the sampler comparison",
+    "03_score_sde": "three SDEs x two weightings on 2D, digits and MNIST, plus the likelihood "
+                    "convergence checks the committed figures rest on",
+    "04_straight_paths": "three papers (rectified flow, Rectified Diffusion, SD3's time samplers), "
+                         "each with its own experiment",
+    "05_unifying_frameworks": "two frameworks (stochastic interpolants, generator matching) with "
+                              "exact and learned fields each",
+}
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_notebook_length_guide(chapter):
+    n = len((ROOT / "notebooks" / f"{chapter}.py").read_text().splitlines())
+    if chapter in LONG_CHAPTERS:
+        assert n > NOTEBOOK_GUIDE_LINES, f"{chapter} is back under the guide: drop it from LONG_CHAPTERS"
+        return
+    assert n <= NOTEBOOK_GUIDE_LINES, (f"{chapter} has {n} lines (guide {NOTEBOOK_GUIDE_LINES}): split "
+                                       "it, or give the reason in LONG_CHAPTERS")

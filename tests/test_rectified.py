@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from minigen.eval.metrics import flow_terms
 from minigen.nets.mlp import MLP
 from minigen.recipe.objectives import CFM
 from minigen.recipe.ode_solvers import sample
@@ -16,7 +17,6 @@ from minigen.train import train
 from minigen.transport.rectified import (
     ReflowCoupling,
     ddim_sample,
-    flow_terms,
     gaussian_rectified_velocity,
     identity_terms,
     model_pairs,

@@ -24,7 +24,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def quick_results(chapter: str) -> dict:
-    path = ROOT / "results" / "quick" / f"{chapter}.json"
+    """``results/quick/<chapter>.json`` (or under ``$MINIGEN_RESULTS_DIR``, e.g. a run made with
+    another CPU kernel set: ``ATEN_CPU_CAPABILITY=default``)."""
+    from minigen.workbook.record import results_dir
+
+    path = results_dir("quick") / f"{chapter}.json"
     if not path.is_file():
         if os.environ.get("CI"):
             pytest.fail(f"{path} is missing: the quick notebook run did not record it")

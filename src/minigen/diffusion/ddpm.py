@@ -33,17 +33,13 @@ from dataclasses import dataclass
 
 import torch
 
+from minigen.broadcast import expand_t
 from minigen.recipe.paths import VPLinearBetaPath
 from minigen.recipe.results import LossResult, SampleResult
 
 Tensor = torch.Tensor
 EpsModel = Callable[[Tensor, Tensor], Tensor]
 VARIANCES = ("beta", "beta_tilde")
-
-
-def _bcast(v: Tensor, x: Tensor) -> Tensor:
-    """(B,) coefficients -> (B, 1, ..., 1) in x's dtype and device."""
-    return v.to(dtype=x.dtype, device=x.device).view(-1, *([1] * (x.ndim - 1)))
 
 
 def _initial(shape, generator: torch.Generator, dtype: torch.dtype, x_init: Tensor | None,
@@ -109,7 +105,7 @@ class DDPMSchedule:
         x0, noise: (B, ...); k: int or (B,) in 0..T."""
         if noise.shape != x0.shape:
             raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
-        ab = _bcast(self.alpha_bar[self.steps_tensor(k, len(x0))], x0)
+        ab = expand_t(self.alpha_bar[self.steps_tensor(k, len(x0))], x0)
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
     def _pair(self, xk: Tensor, k, prev):
@@ -132,12 +128,12 @@ class DDPMSchedule:
         a_jk = ab_k / ab_j
         c0 = ab_j.sqrt() * (1 - a_jk) / (1 - ab_k)
         ck = a_jk.sqrt() * (1 - ab_j) / (1 - ab_k)
-        mean = _bcast(c0, x0) * x0 + _bcast(ck, xk) * xk
+        mean = expand_t(c0, x0) * x0 + expand_t(ck, xk) * xk
         return mean, ((1 - ab_j) / (1 - ab_k) * (1 - a_jk)).to(xk)
 
     def x0_from_epsilon(self, eps: Tensor, xk: Tensor, k) -> Tensor:
         """x_0 = (x_k - sqrt(1 - ab_k) eps) / sqrt(ab_k) (inverse of eq. 4): (B, ...)."""
-        ab = _bcast(self.alpha_bar[self.steps_tensor(k, len(xk), lo=1)], xk)
+        ab = expand_t(self.alpha_bar[self.steps_tensor(k, len(xk), lo=1)], xk)
         return (xk - (1 - ab).sqrt() * eps) / ab.sqrt()
 
     def epsilon_to_mean(self, eps: Tensor, xk: Tensor, k, prev=None) -> Tensor:

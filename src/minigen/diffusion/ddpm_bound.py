@@ -15,7 +15,8 @@ import math
 import numpy as np
 import torch
 
-from minigen.diffusion.ddpm import DDPMSchedule, EpsModel, _bcast
+from minigen.broadcast import expand_t
+from minigen.diffusion.ddpm import DDPMSchedule, EpsModel
 from minigen.eval.bits import LevelDecoder, discretized_gaussian_log_likelihood
 
 Tensor = torch.Tensor
@@ -31,7 +32,7 @@ def kl_gaussians(mean1: Tensor, var1: Tensor, mean2: Tensor, var2: Tensor) -> Te
 
 def prior_kl(schedule: DDPMSchedule, x0: Tensor) -> Tensor:
     """L_T = KL(q(x_T | x_0) || N(0, I)), summed over dimensions, in nats: (B,)."""
-    ab = _bcast(schedule.alpha_bar[schedule.T].expand(len(x0)), x0)
+    ab = expand_t(schedule.alpha_bar[schedule.T].expand(len(x0)), x0)
     kl = kl_gaussians(ab.sqrt() * x0, 1 - ab, torch.zeros_like(x0), torch.ones_like(x0))
     return kl.flatten(1).sum(1)
 
@@ -46,7 +47,7 @@ def step_kl(schedule: DDPMSchedule, eps_model: EpsModel, x0: Tensor, k, noise: T
     eps = eps_model(xk, schedule.t_of_k(k).to(xk))
     mean_p = schedule.epsilon_to_mean(eps, xk, k)
     var_p = schedule.model_variance(xk, k, variance=variance)
-    return kl_gaussians(mean, _bcast(var, x0), mean_p, _bcast(var_p, x0)).flatten(1).sum(1)
+    return kl_gaussians(mean, expand_t(var, x0), mean_p, expand_t(var_p, x0)).flatten(1).sum(1)
 
 def decoder_mean(schedule: DDPMSchedule, eps_model: EpsModel, x0: Tensor, noise: Tensor) -> Tensor:
     """mu_theta(x_1, 1) at x_1 = q_sample(x_0, 1, noise): the mean of the decoder

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from minigen.broadcast import batch_time, expand_t
 from minigen.recipe.likelihood import log_likelihood
-from minigen.recipe.paths import expand_t
 from minigen.recipe.results import LossResult
 from minigen.recipe.sde import SDE
 from minigen.recipe.time_samplers import LikelihoodTimeSampler
@@ -153,7 +153,7 @@ def discrete_nll_bound(sde: SDE, eps_model: Callable, x: Tensor, decoder, t_end:
     Models (Kingma et al., 2021), in place of uniform dequantization (the density of
     y = x + U(bin) bounds -log P(x) too, but a smooth model pays for the bins' sharp edges).
     One draw of z per image: an unbiased estimate of the bound."""
-    t = torch.full((len(x),), float(t_end), dtype=x.dtype, device=x.device)
+    t = batch_time(t_end, x)
     alpha, sigma = expand_t(sde.path.alpha(t), x), expand_t(sde.path.sigma(t), x)
     z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
     xt = alpha * x + sigma * z
@@ -179,6 +179,6 @@ def denoise(sde: SDE, eps_model: Callable, x: Tensor, t: float | None = None) ->
     """Tweedie's denoising step: E[x1 | x_t = x] = (x - sigma eps_theta(x, t)) / alpha at
     t = ``t`` (default t_max, the end of sampling: Efron, 2011; Song et al., 2021, App. G
     removes the last sigma(t_max) of noise this way). One NFE. (B, ...) -> (B, ...)."""
-    t = torch.full((len(x),), sde.t_max if t is None else float(t), dtype=x.dtype, device=x.device)
+    t = batch_time(sde.t_max if t is None else t, x)
     with torch.no_grad():
         return sde.path.x1_from_epsilon(eps_model(x, t), x, t)

@@ -293,6 +293,17 @@ def mean_top_class_probability(probs: Tensor) -> float:
     return float(probs.max(1).values.double().mean())
 
 
+def sample_quality(x: Tensor, real_feats: Tensor, classifier: MnistClassifier | None = None) -> dict:
+    """The image chapters' figures of merit for generated images x (clamped to [-1, 1]) against
+    real images' ``features``: ``fd`` (Fréchet distance), k-NN ``precision`` and ``recall``,
+    ``top`` (mean top-class probability) and ``hist`` (class shares, (10,))."""
+    x = x.clamp(-1, 1)
+    feats, probs = features(x, classifier), class_probabilities(x, classifier)
+    precision, recall = knn_precision_recall(real_feats, feats)
+    return {"fd": frechet_distance(real_feats, feats), "precision": precision, "recall": recall,
+            "top": mean_top_class_probability(probs), "hist": class_histogram(probs)}
+
+
 def real_mnist_images(split: str = "train", size: int = 28) -> tuple[Tensor, Tensor]:
     """MNIST-5k images of a split ("train" or "test") at ``size`` (``downsample_mnist``) in [-1, 1],
     and their labels: (N, 1, size, size), (N,)."""

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from minigen.broadcast import batch_time
 from minigen.recipe.results import SampleResult
 
 Tensor = torch.Tensor
@@ -22,7 +23,7 @@ Velocity = Callable[..., Tensor]  # v(x (B, ...), t (B,), **cond) -> (B, ...)
 
 def _v(v: Velocity, x: Tensor, t: float | Tensor, **cond) -> Tensor:
     """v at one time for the whole batch: t as a (B,) tensor in x's dtype and device."""
-    return v(x, torch.full((x.shape[0],), float(t), dtype=x.dtype, device=x.device), **cond)
+    return v(x, batch_time(t, x), **cond)
 
 
 def euler_step(v: Velocity, x: Tensor, t: float, h: float, **cond) -> Tensor:

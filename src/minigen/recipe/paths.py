@@ -95,13 +95,18 @@ class GaussianPath:
             dxt = dxt + self.d_gamma(tt) * z
         return PathSample(t=t, x0=x0, x1=x1, xt=xt, dxt=dxt, z=z)
 
-    def prior_sample(self, shape, generator: torch.Generator) -> Tensor:
-        """Sample the t = 0 marginal for a N(0, I) x0 with data-independent alpha(0) ≈ 0
-        (for VE: N(0, sigma_max²) as the data term is negligible)."""
+    @property
+    def prior_std(self) -> float:
+        """sigma(0) in float64: the std of the t = 0 marginal once the data term alpha(0) x1 is
+        neglected (alpha(0) = 0, or 0.0066 for VP linear-beta; VE: sigma_max)."""
+        return float(self.sigma(torch.tensor(0.0, dtype=torch.float64)))
+
+    def prior_sample(self, shape, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Tensor:
+        """x ~ N(0, prior_std² I), the t = 0 marginal of a N(0, I) source: (shape). The one prior
+        sampler of the Gaussian paths; ``sde.SDE.prior_sample`` is this."""
         if not self.source_is_gaussian:
             raise ValueError(f"{self.name}: the source is not Gaussian; sample it from its data set")
-        x0 = torch.randn(*shape, generator=generator)
-        return float(self.sigma(torch.tensor(0.0))) * x0
+        return self.prior_std * torch.randn(*shape, generator=generator, dtype=dtype)
 
     # --- conversions (gamma = 0 only) ---
     def _coeffs(self, xt: Tensor, t: Tensor):

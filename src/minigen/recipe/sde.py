@@ -96,11 +96,11 @@ class SDE:
     @property
     def prior_std(self) -> float:
         """Std of the prior N(0, sigma(0)² I) (the data term alpha(0) x1 is neglected)."""
-        return float(self.path.sigma(torch.tensor(0.0, dtype=torch.float64)))
+        return self.path.prior_std
 
     def prior_sample(self, shape, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> Tensor:
-        """x ~ N(0, prior_std² I): (shape)."""
-        return self.prior_std * torch.randn(*shape, generator=generator, dtype=dtype)
+        """x ~ N(0, prior_std² I): (shape) (``GaussianPath.prior_sample``)."""
+        return self.path.prior_sample(shape, generator, dtype)
 
     def prior_log_prob(self, x: Tensor) -> Tensor:
         """log N(x; 0, prior_std² I), summed over all but the batch dimension: (B,)."""

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from minigen.recipe.paths import expand_t
+from minigen.broadcast import batch_time, expand_t
 from minigen.recipe.results import SampleResult
 from minigen.recipe.sde import SDE, ScoreFn
 
@@ -27,10 +27,6 @@ def _grid(sde: SDE, steps: int) -> Tensor:
 def _noise(x: Tensor, generator: torch.Generator) -> Tensor:
     """z ~ N(0, I) like x (drawn on the generator's device, CPU, then moved)."""
     return torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-
-
-def _full(t: Tensor, x: Tensor) -> Tensor:
-    return torch.full((len(x),), float(t), dtype=x.dtype, device=x.device)
 
 
 def _start(sde: SDE, shape, generator, dtype, x_init, device) -> Tensor:
@@ -57,7 +53,7 @@ def euler_maruyama(sde: SDE, score_fn: ScoreFn, shape, generator: torch.Generato
     x = _start(sde, shape, generator, dtype, x_init, device)
     traj = [x] if return_trajectory else None
     for t, t_next in zip(times[:-1], times[1:]):
-        h, tt = float(t_next - t), _full(t, x)
+        h, tt = float(t_next - t), batch_time(t, x)
         e = diffusion_scale * sde.diffusion(tt).to(x.dtype)
         x = x + h * sde.reverse_drift(x, tt, score_fn(x, tt, **cond), e)
         if diffusion_scale > 0:
@@ -100,7 +96,7 @@ def predictor_corrector(sde: SDE, score_fn: ScoreFn, shape, generator: torch.Gen
     x = _start(sde, shape, generator, dtype, x_init, device)
     traj = [x] if return_trajectory else None
     for t, t_next in zip(times[:-1], times[1:]):
-        h, tt, tn = float(t_next - t), _full(t, x), _full(t_next, x)
+        h, tt, tn = float(t_next - t), batch_time(t, x), batch_time(t_next, x)
         g = sde.diffusion(tt).to(x.dtype)
         x = x + h * sde.reverse_drift(x, tt, score_fn(x, tt, **cond))
         x = x + expand_t(g, x) * math.sqrt(h) * _noise(x, generator)

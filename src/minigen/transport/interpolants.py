@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from minigen.broadcast import expand_t
+from minigen.broadcast import batch_time, expand_t
 from minigen.recipe.couplings import independent
 from minigen.recipe.objectives import CFM
 from minigen.recipe.paths import Interpolant
@@ -168,7 +168,7 @@ def sample_sde(b: Field, eta: Field | None, interp: Interpolant, x0: Tensor,
     drift, h = sde_drift(b, eta, interp, eps_t), 1.0 / steps
     x, traj = x0, [x0]
     for k in range(steps):
-        t = torch.full((x.shape[0],), k * h, dtype=x.dtype, device=x.device)
+        t = batch_time(k * h, x)
         noise = torch.sqrt(2 * eps_t(expand_t(t, x)) * h)
         z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         x = x + h * drift(x, t) + noise * z

@@ -22,12 +22,12 @@ of any path, and the transport-cost identity, exact for any learned field.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
-from minigen.eval.metrics import _sq, flow_terms  # flow_terms: the flow's per-sample terms (re-exported)
+from minigen.broadcast import batch_time
+from minigen.eval.metrics import _sq, flow_terms, mean_and_se
 from minigen.recipe.ode_solvers import _v, integrate
 from minigen.recipe.paths import GaussianPath
 from minigen.recipe.results import SampleResult
@@ -103,7 +103,7 @@ def ddim_sample(model: Callable, path: GaussianPath, prediction: str, x: Tensor,
     t1 = path.t_max if t1 is None else t1
     grid = torch.linspace(t0, t1, steps + 1, dtype=torch.float64)
     for k in range(steps):
-        t = torch.full((len(x),), float(grid[k]), dtype=x.dtype, device=x.device)
+        t = batch_time(grid[k], x)
         pred = model(x, t, **cond)
         x1_hat = path.convert(pred, x, t, prediction, "x1")
         v = path.convert(pred, x, t, prediction, "velocity")
@@ -114,14 +114,6 @@ def ddim_sample(model: Callable, path: GaussianPath, prediction: str, x: Tensor,
 
 
 # ---------------------------------------------------------------- the transport-cost identity
-
-def mean_and_se(values: Tensor) -> tuple[float, float]:
-    """Sample mean and its standard error std / sqrt(n) of per-sample values (n,)."""
-    values = values.double().flatten()
-    if len(values) < 2:
-        raise ValueError("need at least two values for a standard error")
-    return float(values.mean()), float(values.std() / math.sqrt(len(values)))
-
 
 @torch.no_grad()
 def coupling_terms(v: Velocity, x0: Tensor, x1: Tensor, n_t: int = 200) -> dict:

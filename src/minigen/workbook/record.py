@@ -155,7 +155,8 @@ def load(chapter: str, mode: str) -> dict:
     return json.loads(path.read_text())
 
 
-def _fmt(v: float) -> str:
+def format_value(v: float) -> str:
+    """A metric value with four significant digits (notebook tables, RESULTS.md, the README)."""
     return f"{v:.4g}"
 
 
@@ -168,7 +169,7 @@ class ResultsTable:
 
     def _repr_html_(self) -> str:
         rows = "".join(
-            f"<tr><td>{html.escape(k)}</td><td>{_fmt(m['value'])}</td>"
+            f"<tr><td>{html.escape(k)}</td><td>{format_value(m['value'])}</td>"
             f"<td>{html.escape(m['unit'])}</td><td>{m['better']}</td></tr>"
             for k, m in self.metrics.items())
         return ('<table class="minigen-results"><thead><tr><th>metric</th><th>value</th>'
@@ -176,5 +177,5 @@ class ResultsTable:
 
     def __repr__(self) -> str:
         w = max((len(k) for k in self.metrics), default=6)
-        return "\n".join(f"{k:<{w}}  {_fmt(m['value']):>10}  {m['unit']}"
+        return "\n".join(f"{k:<{w}}  {format_value(m['value']):>10}  {m['unit']}"
                          for k, m in self.metrics.items())

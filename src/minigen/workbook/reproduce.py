@@ -288,13 +288,10 @@ def load_results(mode: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(results_dir(mode).glob("*.json"))]
 
 
-def format_value(v: float) -> str:
-    """A metric value with four significant digits."""
-    return f"{v:.4g}"
-
-
 def results_table(records: list[dict]) -> str:
     """Markdown table ``chapter | metric | value | unit | better``."""
+    from minigen.workbook.record import format_value
+
     lines = ["| chapter | metric | value | unit | better |", "|---|---|---:|---|---|"]
     for rec in records:
         for name, m in rec.get("metrics", {}).items():
@@ -315,6 +312,8 @@ def headline_names(chapter: str, metrics: dict) -> list[str]:
 
 def headline_table(records: list[dict]) -> str:
     """Markdown table of the headline figures, with each one's full-mode target if any."""
+    from minigen.workbook.record import format_value
+
     lines = ["| chapter | metric | value | unit | better | target |",
              "|---|---|---:|---|---|---|"]
     for rec in records:
