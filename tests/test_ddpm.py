@@ -527,7 +527,7 @@ def test_bad_inputs_raise():
         SCHED.q_sample(x, 0.5, x)
     with pytest.raises(ValueError, match=r"k must be an int or have shape \(3,\)"):
         SCHED.q_sample(x, torch.tensor([1, 2]), x)
-    with pytest.raises(ValueError, match="noise must have x0's shape"):
+    with pytest.raises(ValueError, match="noise must have the shape of the data"):
         SCHED.q_sample(x, 1, torch.zeros(3, 3))
     with pytest.raises(ValueError, match=r"steps must lie in \[1, 1000\]"):
         SCHED.posterior_mean_variance(x, x, 0)

@@ -2,8 +2,9 @@
 (Song, Meng & Ermon, 2021).
 
 DDPM counts steps k = 0, 1, ..., T with k = 0 the data and k = T (almost) pure noise.
-This module keeps the paper's discrete time and names — ``x0`` is the **data** and
-``xk`` the latent at step k — and maps it once to minigen's time (DESIGN.md):
+This module keeps the paper's discrete time k but uses minigen's names — ``x1`` is the
+**data**, ``xk`` the latent at step k, ``eps`` the noise — with the paper's mapped once
+(DESIGN.md); DDPM's x_0 is our x1 in every docstring below:
 
     =====================  ===========  ========================================
     DDPM (Ho et al.)       minigen      relation
@@ -99,14 +100,15 @@ class DDPMSchedule:
         return VPLinearBetaPath(self.T * self.beta_start, self.T * self.beta_end)
 
     # --- forward process and posterior ---
-    def q_sample(self, x0: Tensor, k, noise: Tensor) -> Tensor:
-        """x_k ~ q(x_k | x_0) = N(sqrt(alpha_bar_k) x_0, (1 - alpha_bar_k) I)
-        (Ho et al., 2020, eq. 4): x_k = sqrt(alpha_bar_k) x_0 + sqrt(1 - alpha_bar_k) eps.
-        x0, noise: (B, ...); k: int or (B,) in 0..T."""
-        if noise.shape != x0.shape:
-            raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
-        ab = expand_t(self.alpha_bar[self.steps_tensor(k, len(x0))], x0)
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+    def q_sample(self, x1: Tensor, k, noise: Tensor) -> Tensor:
+        """x_k ~ q(x_k | x1) = N(sqrt(alpha_bar_k) x1, (1 - alpha_bar_k) I)
+        (Ho et al., 2020, eq. 4): x_k = sqrt(alpha_bar_k) x1 + sqrt(1 - alpha_bar_k) eps.
+        x1, noise: (B, ...); k: int or (B,) in 0..T."""
+        if noise.shape != x1.shape:
+            raise ValueError(f"noise must have the shape of the data x1, {tuple(x1.shape)}; "
+                             f"got {tuple(noise.shape)}")
+        ab = expand_t(self.alpha_bar[self.steps_tensor(k, len(x1))], x1)
+        return ab.sqrt() * x1 + (1 - ab).sqrt() * noise
 
     def _pair(self, xk: Tensor, k, prev):
         k = self.steps_tensor(k, len(xk), lo=1)
@@ -115,10 +117,10 @@ class DDPMSchedule:
             raise ValueError("the previous step must be smaller than k")
         return self.alpha_bar[k], self.alpha_bar[j]
 
-    def posterior_mean_variance(self, x0: Tensor, xk: Tensor, k, prev=None) -> tuple[Tensor, Tensor]:
-        """q(x_j | x_k, x_0) = N(mu_tilde, beta_tilde I) with j = ``prev`` (default k - 1):
+    def posterior_mean_variance(self, x1: Tensor, xk: Tensor, k, prev=None) -> tuple[Tensor, Tensor]:
+        """q(x_j | x_k, x1) = N(mu_tilde, beta_tilde I) with j = ``prev`` (default k - 1):
 
-            mu_tilde   = sqrt(ab_j) b_jk / (1 - ab_k) x_0 + sqrt(a_jk) (1 - ab_j) / (1 - ab_k) x_k,
+            mu_tilde   = sqrt(ab_j) b_jk / (1 - ab_k) x1 + sqrt(a_jk) (1 - ab_j) / (1 - ab_k) x_k,
             beta_tilde = (1 - ab_j) / (1 - ab_k) b_jk,
 
         a_jk = ab_k / ab_j, b_jk = 1 - a_jk (Ho et al., 2020, eqs. 6-7 for j = k - 1, where
@@ -128,23 +130,23 @@ class DDPMSchedule:
         a_jk = ab_k / ab_j
         c0 = ab_j.sqrt() * (1 - a_jk) / (1 - ab_k)
         ck = a_jk.sqrt() * (1 - ab_j) / (1 - ab_k)
-        mean = expand_t(c0, x0) * x0 + expand_t(ck, xk) * xk
+        mean = expand_t(c0, x1) * x1 + expand_t(ck, xk) * xk
         return mean, ((1 - ab_j) / (1 - ab_k) * (1 - a_jk)).to(xk)
 
-    def x0_from_epsilon(self, eps: Tensor, xk: Tensor, k) -> Tensor:
-        """x_0 = (x_k - sqrt(1 - ab_k) eps) / sqrt(ab_k) (inverse of eq. 4): (B, ...)."""
+    def x1_from_epsilon(self, eps: Tensor, xk: Tensor, k) -> Tensor:
+        """x1 = (x_k - sqrt(1 - ab_k) eps) / sqrt(ab_k) (inverse of eq. 4): (B, ...)."""
         ab = expand_t(self.alpha_bar[self.steps_tensor(k, len(xk), lo=1)], xk)
         return (xk - (1 - ab).sqrt() * eps) / ab.sqrt()
 
     def epsilon_to_mean(self, eps: Tensor, xk: Tensor, k, prev=None) -> Tensor:
-        """Model mean mu_theta(x_k, k) = mu_tilde(x_k, x0_hat(eps)); for j = k - 1 this is
+        """Model mean mu_theta(x_k, k) = mu_tilde(x_k, x1_hat(eps)); for j = k - 1 this is
         mu_theta = (x_k - beta_k / sqrt(1 - alpha_bar_k) eps) / sqrt(alpha_k) (Ho et al., 2020, eq. 11).
         (B, ...)."""
-        return self.posterior_mean_variance(self.x0_from_epsilon(eps, xk, k), xk, k, prev)[0]
+        return self.posterior_mean_variance(self.x1_from_epsilon(eps, xk, k), xk, k, prev)[0]
 
     def model_variance(self, xk: Tensor, k, prev=None, variance: str | Tensor = "beta") -> Tensor:
         """sigma_k² of p(x_j | x_k): ``"beta"`` b_jk (= beta_k) or ``"beta_tilde"`` (Ho et al.,
-        2020, §3.2: the two extremes for a N(0, I) and a point-mass x_0), or a (T+1,) tensor of
+        2020, §3.2: the two extremes for a N(0, I) and a point-mass x1), or a (T+1,) tensor of
         per-step variances such as ``fitted_step_variances`` (single steps j = k - 1 only). (B,)."""
         if isinstance(variance, Tensor):
             if variance.shape != (self.T + 1,):
@@ -222,7 +224,7 @@ class DDPMSchedule:
                          steps: int | Sequence[int] | None = None, variance: str = "beta",
                          dtype: torch.dtype = torch.float32, x_init: Tensor | None = None,
                          device: torch.device | str | None = None, **cond) -> SampleResult:
-        """x_T ~ N(0, I) (or ``x_init``), then ``p_sample_step`` down to x_0 (Ho et al., 2020,
+        """x_T ~ N(0, I) (or ``x_init``), then ``p_sample_step`` down to x1 (Ho et al., 2020,
         Alg. 2); a strided ``steps`` re-spaces the chain (Nichol & Dhariwal, 2021, §4).
         NFE = number of steps. x: (shape); ``cond`` goes to the model."""
         x = _initial(shape, generator, dtype, x_init, device)
@@ -234,16 +236,16 @@ class DDPMSchedule:
 
     def ddim_step(self, eps_model: EpsModel, xk: Tensor, k: int, prev: int, eta: float,
                   generator: torch.Generator | None = None, **cond) -> Tensor:
-        """x_j = sqrt(ab_j) x0_hat + sqrt(1 - ab_j - s²) eps_theta + s z with
+        """x_j = sqrt(ab_j) x1_hat + sqrt(1 - ab_j - s²) eps_theta + s z with
         s = eta sqrt((1 - ab_j) / (1 - ab_k)) sqrt(1 - ab_k / ab_j)
         (Song, Meng & Ermon, 2021, eqs. 12 and 16; eta = 0 is deterministic). (B, ...)."""
         if not eta >= 0:
             raise ValueError(f"eta must be >= 0, got {eta}")
         ab_k, ab_j = float(self.alpha_bar[k]), float(self.alpha_bar[prev])
         eps = self.epsilon_at(eps_model, xk, k, **cond)
-        x0_hat = (xk - math.sqrt(1 - ab_k) * eps) / math.sqrt(ab_k)
+        x1_hat = (xk - math.sqrt(1 - ab_k) * eps) / math.sqrt(ab_k)
         s = eta * math.sqrt((1 - ab_j) / (1 - ab_k) * (1 - ab_k / ab_j))
-        x = math.sqrt(ab_j) * x0_hat + math.sqrt(max(1 - ab_j - s * s, 0.0)) * eps
+        x = math.sqrt(ab_j) * x1_hat + math.sqrt(max(1 - ab_j - s * s, 0.0)) * eps
         if s > 0:
             if generator is None:
                 raise ValueError("eta > 0 needs a torch.Generator")
@@ -270,7 +272,7 @@ class DDPMSchedule:
         k = self.steps_tensor(k, len(k), lo=1)
         return self.betas[k] / (2 * self.alphas[k] * (1 - self.alpha_bar[k]))
 
-    def l_vlb(self, eps_model: EpsModel, x0: Tensor, generator: torch.Generator,
+    def l_vlb(self, eps_model: EpsModel, x1: Tensor, generator: torch.Generator,
               importance: bool = False, **cond) -> tuple[Tensor, Tensor]:
         """The bound as a training loss for an epsilon model with fixed variances:
         sum_k lambda_k E||eps - eps_theta(x_k, k)||², summed over dimensions (the k-dependent
@@ -281,25 +283,25 @@ class DDPMSchedule:
         Returns per-sample losses (B,) and minigen times t = 1 - k/T (B,)."""
         lam = self.vlb_weight(torch.arange(1, self.T + 1))
         if importance:
-            k = 1 + torch.multinomial(lam, len(x0), replacement=True, generator=generator)
-            w = torch.full((len(x0),), float(lam.sum()), dtype=x0.dtype, device=x0.device)
+            k = 1 + torch.multinomial(lam, len(x1), replacement=True, generator=generator)
+            w = torch.full((len(x1),), float(lam.sum()), dtype=x1.dtype, device=x1.device)
         else:
-            k = torch.randint(1, self.T + 1, (len(x0),), generator=generator)
-            w = (self.T * lam[k - 1]).to(x0)
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        t = self.t_of_k(k).to(x0)
-        pred = eps_model(self.q_sample(x0, k, noise), t, **cond)
+            k = torch.randint(1, self.T + 1, (len(x1),), generator=generator)
+            w = (self.T * lam[k - 1]).to(x1)
+        noise = torch.randn(x1.shape, generator=generator, dtype=x1.dtype).to(x1.device)
+        t = self.t_of_k(k).to(x1)
+        pred = eps_model(self.q_sample(x1, k, noise), t, **cond)
         return w * (pred - noise).pow(2).flatten(1).sum(1), t
 
-    def l_simple(self, eps_model: EpsModel, x0: Tensor, generator: torch.Generator, **cond
+    def l_simple(self, eps_model: EpsModel, x1: Tensor, generator: torch.Generator, **cond
                  ) -> tuple[Tensor, Tensor]:
         """L_simple = E_{k ~ U{1..T}, eps} ||eps - eps_theta(x_k, k)||² (Ho et al., 2020, eq. 14,
         Alg. 1), averaged over dimensions. Returns per-sample losses (B,) and their minigen
         times t = 1 - k/T (B,)."""
-        k = torch.randint(1, self.T + 1, (len(x0),), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
-        t = self.t_of_k(k).to(x0)
-        pred = eps_model(self.q_sample(x0, k, noise), t, **cond)
+        k = torch.randint(1, self.T + 1, (len(x1),), generator=generator)
+        noise = torch.randn(x1.shape, generator=generator, dtype=x1.dtype).to(x1.device)
+        t = self.t_of_k(k).to(x1)
+        pred = eps_model(self.q_sample(x1, k, noise), t, **cond)
         return (pred - noise).pow(2).flatten(1).mean(1), t
 
 

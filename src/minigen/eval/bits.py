@@ -48,9 +48,9 @@ class LevelDecoder:
     """Categorical decoder over the K grey levels v_i = 2 (i + 1/2) / K - 1 of
     ``data.to_unit_interval``:
 
-        p(x_0 = v_i | x_1) = softmax_i( log pi_i - (v_i - mu_theta(x_1, 1))² / (2 std²) ),
+        p(x1 = v_i | x_{k=1}) = softmax_i( log pi_i - (v_i - mu_theta(x_{k=1}, 1))² / (2 std²) ),
 
-    per pixel. With a uniform pi, the mean x_1 / sqrt(alpha_bar_1) and std
+    per pixel. With a uniform pi, the mean x_{k=1} / sqrt(alpha_bar_1) and std
     sqrt((1 - alpha_bar_1) / alpha_bar_1) this is the decoder of Variational Diffusion Models
     (Kingma et al., 2021: p(x | z_0) proportional to q(z_0 | x), normalised over the levels);
     here the mean is the network's and pi the training split's grey-level histogram (one
@@ -74,25 +74,25 @@ class LevelDecoder:
         return f"LevelDecoder(n_levels={self.n_levels}, std={self.std:.4g})"
 
     @classmethod
-    def fitted(cls, x0: Tensor, mean: Tensor, n_levels: int, std_grid: Sequence[float]) -> LevelDecoder:
-        """The decoder for data ``x0`` (on the level grid) and decoder means ``mean``: prior the
-        add-one smoothed histogram of x0's levels, std the value of ``std_grid`` minimising the
-        mean -log p(x0 | mean) (fit on training data; evaluate on test data)."""
-        counts = torch.bincount(cls.level_index(x0, n_levels).flatten(), minlength=n_levels)
+    def fitted(cls, x1: Tensor, mean: Tensor, n_levels: int, std_grid: Sequence[float]) -> LevelDecoder:
+        """The decoder for data ``x1`` (on the level grid) and decoder means ``mean``: prior the
+        add-one smoothed histogram of x1's levels, std the value of ``std_grid`` minimising the
+        mean -log p(x1 | mean) (fit on training data; evaluate on test data)."""
+        counts = torch.bincount(cls.level_index(x1, n_levels).flatten(), minlength=n_levels)
         log_prior = ((counts.double() + 1) / (counts.sum() + n_levels)).log()
         decoders = [cls(n_levels, log_prior, s) for s in std_grid]
-        nll = [-float(dec.log_prob(x0, mean).mean()) for dec in decoders]
+        nll = [-float(dec.log_prob(x1, mean).mean()) for dec in decoders]
         return decoders[min(range(len(nll)), key=nll.__getitem__)]
 
     @staticmethod
-    def level_index(x0: Tensor, n_levels: int) -> Tensor:
-        """Index i of the level nearest to each x0 (x0 on the level grid): (B, ...) int64."""
-        return ((x0.double() + 1) * n_levels / 2 - 0.5).round().long().clamp(0, n_levels - 1)
+    def level_index(x1: Tensor, n_levels: int) -> Tensor:
+        """Index i of the level nearest to each x1 (x1 on the level grid): (B, ...) int64."""
+        return ((x1.double() + 1) * n_levels / 2 - 0.5).round().long().clamp(0, n_levels - 1)
 
-    def log_prob(self, x0: Tensor, mean: Tensor) -> Tensor:
-        """log p(x_0 | x_1) per element, for decoder means ``mean``: (B, ...) float64."""
+    def log_prob(self, x1: Tensor, mean: Tensor) -> Tensor:
+        """log p(x1 | x_{k=1}) per element, for decoder means ``mean``: (B, ...) float64."""
         logits = self.log_prior - (self.levels - mean.double().unsqueeze(-1)) ** 2 / (2 * self.std ** 2)
-        idx = self.level_index(x0, self.n_levels).unsqueeze(-1)
+        idx = self.level_index(x1, self.n_levels).unsqueeze(-1)
         return logits.log_softmax(-1).gather(-1, idx).squeeze(-1)
 
 def _log_diff_ndtr(a: Tensor, b: Tensor) -> Tensor:
