@@ -21,7 +21,7 @@ import numpy as np
 import ot
 import torch
 
-from minigen.recipe.ode_solvers import _v
+from minigen.recipe.ode_solvers import field_at
 
 Tensor = torch.Tensor
 
@@ -85,7 +85,8 @@ def normalized_path_energy(pe: float, w2sq: float) -> float:
     return abs(pe - w2sq) / w2sq
 
 
-def _sq(x: Tensor) -> Tensor:
+def squared_norm(x: Tensor) -> Tensor:
+    """||x_i||² over all but the batch dimension: (B, ...) -> (B,)."""
     return x.reshape(len(x), -1).pow(2).sum(1)
 
 
@@ -101,13 +102,13 @@ def flow_terms(v: Callable, z0: Tensor, steps: int = 200) -> dict:
     """
     x, h, vels = z0, 1.0 / steps, []
     for k in range(steps):
-        vel = _v(v, x, k * h)
+        vel = field_at(v, x, k * h)
         vels.append(vel)
         x = x + h * vel
     disp = x - z0
-    kinetic = sum(_sq(u) for u in vels) * h
-    straight = sum(_sq(disp - u) for u in vels) * h
-    return {"cost_z": _sq(disp), "kinetic_z": kinetic, "straightness": straight, "z1": x}
+    kinetic = sum(squared_norm(u) for u in vels) * h
+    straight = sum(squared_norm(disp - u) for u in vels) * h
+    return {"cost_z": squared_norm(disp), "kinetic_z": kinetic, "straightness": straight, "z1": x}
 
 
 @torch.no_grad()

@@ -21,33 +21,33 @@ Tensor = torch.Tensor
 Velocity = Callable[..., Tensor]  # v(x (B, ...), t (B,), **cond) -> (B, ...)
 
 
-def _v(v: Velocity, x: Tensor, t: float | Tensor, **cond) -> Tensor:
+def field_at(v: Velocity, x: Tensor, t: float | Tensor, **cond) -> Tensor:
     """v at one time for the whole batch: t as a (B,) tensor in x's dtype and device."""
     return v(x, batch_time(t, x), **cond)
 
 
 def euler_step(v: Velocity, x: Tensor, t: float, h: float, **cond) -> Tensor:
     """x + h v(x, t). Order 1, 1 NFE."""
-    return x + h * _v(v, x, t, **cond)
+    return x + h * field_at(v, x, t, **cond)
 
 
 def midpoint_step(v: Velocity, x: Tensor, t: float, h: float, **cond) -> Tensor:
     """x + h v(x + h/2 v(x, t), t + h/2). Order 2, 2 NFE."""
-    return x + h * _v(v, x + 0.5 * h * _v(v, x, t, **cond), t + 0.5 * h, **cond)
+    return x + h * field_at(v, x + 0.5 * h * field_at(v, x, t, **cond), t + 0.5 * h, **cond)
 
 
 def heun_step(v: Velocity, x: Tensor, t: float, h: float, **cond) -> Tensor:
     """Trapezoid predictor–corrector: x + h/2 (k1 + v(x + h k1, t + h)). Order 2, 2 NFE."""
-    k1 = _v(v, x, t, **cond)
-    return x + 0.5 * h * (k1 + _v(v, x + h * k1, t + h, **cond))
+    k1 = field_at(v, x, t, **cond)
+    return x + 0.5 * h * (k1 + field_at(v, x + h * k1, t + h, **cond))
 
 
 def rk4_step(v: Velocity, x: Tensor, t: float, h: float, **cond) -> Tensor:
     """Classical Runge–Kutta. Order 4, 4 NFE."""
-    k1 = _v(v, x, t, **cond)
-    k2 = _v(v, x + 0.5 * h * k1, t + 0.5 * h, **cond)
-    k3 = _v(v, x + 0.5 * h * k2, t + 0.5 * h, **cond)
-    k4 = _v(v, x + h * k3, t + h, **cond)
+    k1 = field_at(v, x, t, **cond)
+    k2 = field_at(v, x + 0.5 * h * k1, t + 0.5 * h, **cond)
+    k3 = field_at(v, x + 0.5 * h * k2, t + 0.5 * h, **cond)
+    k4 = field_at(v, x + h * k3, t + h, **cond)
     return x + h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
 
 
@@ -99,7 +99,7 @@ def _dopri5(v, x, steps, t0, t1, rtol, atol, return_trajectory, cond) -> SampleR
     def f(s, y):
         nonlocal nfe
         nfe += 1  # t0 + s span can round past t1 by an ulp; min/max keep it inside
-        return span * _v(v, y, min(max(t0 + float(s) * span, lo), hi), **cond)
+        return span * field_at(v, y, min(max(t0 + float(s) * span, lo), hi), **cond)
 
     grid = torch.linspace(0.0, 1.0, steps + 1 if return_trajectory else 2, dtype=x.dtype)
     ys = odeint(f, x, grid.to(x.device), method="dopri5", rtol=rtol, atol=atol,

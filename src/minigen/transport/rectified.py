@@ -27,8 +27,8 @@ from collections.abc import Callable
 import torch
 
 from minigen.broadcast import batch_time
-from minigen.eval.metrics import _sq, flow_terms, mean_and_se
-from minigen.recipe.ode_solvers import _v, integrate
+from minigen.eval.metrics import flow_terms, mean_and_se, squared_norm
+from minigen.recipe.ode_solvers import field_at, integrate
 from minigen.recipe.paths import GaussianPath
 from minigen.recipe.results import SampleResult
 
@@ -133,11 +133,11 @@ def coupling_terms(v: Velocity, x0: Tensor, x1: Tensor, n_t: int = 200) -> dict:
     kin, var, cross = (torch.zeros(len(x0), dtype=torch.float64, device=x0.device) for _ in range(3))
     for k in range(n_t):
         t = (k + 0.5) / n_t
-        u = _v(v, t * x1 + (1 - t) * x0, t)
-        kin += _sq(u).double() / n_t
-        var += _sq(d - u).double() / n_t
+        u = field_at(v, t * x1 + (1 - t) * x0, t)
+        kin += squared_norm(u).double() / n_t
+        var += squared_norm(d - u).double() / n_t
         cross += (u * (d - u)).reshape(len(u), -1).sum(1).double() / n_t
-    return {"cost_x": _sq(d), "kinetic_x": kin, "conditional_variance": var, "cross": cross}
+    return {"cost_x": squared_norm(d), "kinetic_x": kin, "conditional_variance": var, "cross": cross}
 
 
 def identity_terms(v: Velocity, x0: Tensor, x1: Tensor, steps: int = 200) -> dict:
