@@ -239,9 +239,11 @@ def edm_sigma(t, sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float =
     return (a + t * (b - a)) ** rho
 
 
-def probability_flow_velocity(denoiser: Denoiser) -> Callable[[Tensor, Tensor], Tensor]:
+def velocity_in_sigma(denoiser: Denoiser) -> Callable[..., Tensor]:
     """dx/dsigma = (x - D(x, sigma)) / sigma: PFGM++'s ODE (§4: dx/dr = (x - E[y | x]) / r, and
     r = sigma sqrt(D) gives the same field in sigma for every D; EDM's ODE is the D = inf case).
+    The clock is sigma, not t: for D = inf it is the probability-flow velocity of
+    ``recipe.wrappers`` written in sigma; kept in sigma because Heun steps on EDM's sigma grid.
     Shapes: x (B, ...), sigma (B,) -> (B, ...)."""
 
     def v(x: Tensor, sigma: Tensor, **cond) -> Tensor:
@@ -275,7 +277,7 @@ def sample(denoiser: Denoiser, x: Tensor, steps: int = 18, sigma_min: float = 0.
     if noise < 0 or (noise > 0 and generator is None):
         raise ValueError("noise must be >= 0, and noise > 0 needs a generator")
     sig = edm_sigma(torch.linspace(0, 1, steps + 1, dtype=torch.float64), sigma_min, sigma_max, rho)
-    v, traj = probability_flow_velocity(denoiser), [x] if return_trajectory else None
+    v, traj = velocity_in_sigma(denoiser), [x] if return_trajectory else None
     with torch.no_grad():
         for k in range(steps):
             x = heun_step(v, x, float(sig[k]), float(sig[k + 1] - sig[k]), **cond)
