@@ -120,7 +120,7 @@ from minigen.recipe.sde_solvers import euler_maruyama, langevin_corrector_step, 
 from minigen.recipe.time_samplers import LikelihoodTimeSampler
 from minigen.recipe.wrappers import probability_flow_velocity
 from minigen.train import train
-from minigen.workbook.record import ResultsTable, apply_quick, metric, record
+from minigen.workbook.record import ResultsTable, apply_quick, key_number, metric, record
 from minigen.workbook.viz import scatter, show_source
 
 t_start = time.perf_counter()
@@ -727,7 +727,7 @@ for sig in (ll_sigma / 2, ll_sigma, 2 * ll_sigma) if not quick else ():
 metrics = {}
 for name, d in fwd_std.items():
     for t, sd in d.items():
-        metrics[f"forward_sde_std_t{t:g}_{name}"] = metric(sd, "", "lower")
+        metrics[f"forward_sde_std_t{key_number(t)}_{name}"] = metric(sd, "", "lower")
 for cfg, e in conv_err.items():
     metrics[f"conversion_rel_err_{cfg}"] = metric(e, "", "lower")
 metrics["w2sq_floor_2d"] = metric(w2_floor, "", "lower")

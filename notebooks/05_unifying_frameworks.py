@@ -119,7 +119,7 @@ from minigen.recipe.paths import Interpolant, LinearPath, VPCosinePath
 from minigen.train import train
 from minigen.transport import generator_matching as gm
 from minigen.transport import interpolants as si
-from minigen.workbook.record import ResultsTable, apply_quick, metric, record
+from minigen.workbook.record import ResultsTable, apply_quick, key_number, metric, record
 from minigen.workbook.viz import scatter, show_source
 
 t_start = time.perf_counter()
@@ -549,20 +549,16 @@ fig.tight_layout()
 
 # %%
 metrics = {}
-def tag(v: float) -> str:
-    return f"{v:g}".replace(".", "p")
-
-
 for eps, v in exact_w2.items():
-    metrics[f"w2sq_exact_fields_eps{tag(eps)}"] = metric(v, "", "lower")
-    metrics[f"exact_fields_mean_err_se_eps{tag(eps)}"] = metric(exact_se[eps][0], "s.e.", "lower")
-    metrics[f"exact_fields_cov_err_se_eps{tag(eps)}"] = metric(exact_se[eps][1], "s.e.", "lower")
+    metrics[f"w2sq_exact_fields_eps{key_number(eps)}"] = metric(v, "", "lower")
+    metrics[f"exact_fields_mean_err_se_eps{key_number(eps)}"] = metric(exact_se[eps][0], "s.e.", "lower")
+    metrics[f"exact_fields_cov_err_se_eps{key_number(eps)}"] = metric(exact_se[eps][1], "s.e.", "lower")
 metrics["w2sq_exact_fields_floor"] = metric(exact_floor, "", "lower")
 for pair in PAIRS:
     metrics[f"w2sq_floor_{pair}"] = metric(w2[pair, "floor"][0], "", "lower")
     for eps in eps_list:
-        metrics[f"w2sq_eps{tag(eps)}_mean_{pair}"] = metric(np.mean(w2[pair, eps]), "", "lower")
-        metrics[f"w2sq_eps{tag(eps)}_std_{pair}"] = metric(np.std(w2[pair, eps], ddof=1), "", "lower")
+        metrics[f"w2sq_eps{key_number(eps)}_mean_{pair}"] = metric(np.mean(w2[pair, eps]), "", "lower")
+        metrics[f"w2sq_eps{key_number(eps)}_std_{pair}"] = metric(np.std(w2[pair, eps], ddof=1), "", "lower")
     ode = w2[pair, 0.0]
     gap = max(abs(np.mean(w2[pair, e]) - np.mean(ode)) for e in eps_list)
     metrics[f"max_gap_w2sq_sde_vs_ode_{pair}"] = metric(gap, "", "lower")
@@ -570,13 +566,13 @@ for pair in PAIRS:
     metrics[f"n_eps_within_ode_range_{pair}"] = metric(within[pair], "", "higher")
     metrics[f"n_eps_{pair}"] = metric(len(eps_list), "", "higher")
 for (eps, level), vals in robust.items():
-    metrics[f"robust_w2sq_eps{tag(eps)}_level{tag(level)}"] = metric(np.mean(vals), "", "lower")
+    metrics[f"robust_w2sq_eps{key_number(eps)}_level{key_number(level)}"] = metric(np.mean(vals), "", "lower")
 for eps, d in degradation.items():
-    metrics[f"robust_increase_w2sq_eps{tag(eps)}"] = metric(d, "", "lower")
+    metrics[f"robust_increase_w2sq_eps{key_number(eps)}"] = metric(d, "", "lower")
 for (pair, eps), vals in fine.items():
-    metrics[f"w2sq_eps{tag(eps)}_{5 * sde_steps}steps_mean_{pair}"] = metric(np.mean(vals), "", "lower")
+    metrics[f"w2sq_eps{key_number(eps)}_{5 * sde_steps}steps_mean_{pair}"] = metric(np.mean(vals), "", "lower")
 for (pair, eps), vals in early.items():
-    metrics[f"w2sq_eps{tag(eps)}_eta{eta_snapshot}_mean_{pair}"] = metric(np.mean(vals), "", "lower")
+    metrics[f"w2sq_eps{key_number(eps)}_eta{eta_snapshot}_mean_{pair}"] = metric(np.mean(vals), "", "lower")
 for key, val in gm_res.items():
     if key[1] == "floor":
         metrics[f"gm_w1_floor_{key[0]}"] = metric(val, "", "lower")

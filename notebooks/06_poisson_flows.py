@@ -111,7 +111,7 @@ from minigen.eval.metrics import mean_and_std, wasserstein2_squared
 from minigen.nets.mlp import MLP
 from minigen.nets.unet import UNet
 from minigen.train import train
-from minigen.workbook.record import ResultsTable, apply_quick, metric, record
+from minigen.workbook.record import ResultsTable, apply_quick, key_number, metric, record
 from minigen.workbook.viz import scatter, show_source
 
 t_start = time.perf_counter()
@@ -478,33 +478,33 @@ for D, v in exact_landing.items():
 for D in D_2D:
     for a in ALPHAS:
         m, sd = mean_std(w2, D, "alpha", a)
-        metrics[f"w2sq_2d_{name(D)}_alpha{a:g}"] = metric(m, "", "lower")
-        metrics[f"w2sq_2d_{name(D)}_alpha{a:g}_std"] = metric(sd, "", "lower")
-        metrics[f"on_board_2d_{name(D)}_alpha{a:g}"] = metric(mean_std(board, D, "alpha", a)[0], "", "higher")
-    metrics[f"w2sq_increase_2d_{name(D)}_alpha{ALPHAS[-1]:g}"] = metric(
+        metrics[f"w2sq_2d_{name(D)}_alpha{key_number(a)}"] = metric(m, "", "lower")
+        metrics[f"w2sq_2d_{name(D)}_alpha{key_number(a)}_std"] = metric(sd, "", "lower")
+        metrics[f"on_board_2d_{name(D)}_alpha{key_number(a)}"] = metric(mean_std(board, D, "alpha", a)[0], "", "higher")
+    metrics[f"w2sq_increase_2d_{name(D)}_alpha{key_number(ALPHAS[-1])}"] = metric(
         mean_std(w2, D, "alpha", ALPHAS[-1])[0] - mean_std(w2, D, "alpha", 0.0)[0], "", "lower")
     for k in STEPS_2D:
         metrics[f"w2sq_2d_{name(D)}_nfe{2 * k}"] = metric(mean_std(w2, D, "steps", k)[0], "", "lower")
     metrics[f"ms_per_step_2d_{name(D)}"] = metric(sum(ms_2d[D, s] for s in range(seeds_2d)) / seeds_2d, "ms", "lower")
 for D in D_DIGITS:
     for a in ALPHAS_DIGITS:
-        metrics[f"fd_digits_{name(D)}_alpha{a:g}"] = metric(fd_mean(D, a), "", "lower")
+        metrics[f"fd_digits_{name(D)}_alpha{key_number(a)}"] = metric(fd_mean(D, a), "", "lower")
         if seeds_digits > 1:
             vals = [fd_seed(D, a, s) for s in range(seeds_digits)]
-            metrics[f"fd_digits_{name(D)}_alpha{a:g}_seed_range"] = metric(max(vals) - min(vals), "", "lower")
+            metrics[f"fd_digits_{name(D)}_alpha{key_number(a)}_seed_range"] = metric(max(vals) - min(vals), "", "lower")
     metrics[f"fd_ratio_digits_{name(D)}"] = metric(fd_mean(D, 0.0) / fd_floor, "x", "lower")
-    metrics[f"fd_increase_digits_{name(D)}_alpha{ALPHAS_DIGITS[-1]:g}"] = metric(
+    metrics[f"fd_increase_digits_{name(D)}_alpha{key_number(ALPHAS_DIGITS[-1])}"] = metric(
         fd_mean(D, ALPHAS_DIGITS[-1]) - fd_mean(D, 0.0), "", "lower")
     for s in range(seeds_digits):
-        metrics[f"fd_increase_digits_{name(D)}_alpha{ALPHAS_DIGITS[-1]:g}_seed{s}"] = metric(
+        metrics[f"fd_increase_digits_{name(D)}_alpha{key_number(ALPHAS_DIGITS[-1])}_seed{s}"] = metric(
             fd_seed(D, ALPHAS_DIGITS[-1], s) - fd_seed(D, 0.0, s), "", "lower")
     metrics[f"fd_digits_{name(D)}_nfe{2 * DIGIT_FEW}"] = metric(fd_few(D), "", "lower")
     metrics[f"ms_per_step_digits_{name(D)}"] = metric(
         sum(ms_dg[D, s] for s in range(seeds_digits)) / seeds_digits, "ms", "lower")
-inc = lambda D: metrics[f"w2sq_increase_2d_{name(D)}_alpha{ALPHAS[-1]:g}"]["value"]
-metrics[f"ratio_w2sq_increase_D4_over_Dinf_alpha{ALPHAS[-1]:g}"] = metric(inc(4) / inc(INF), "x", "lower")
+inc = lambda D: metrics[f"w2sq_increase_2d_{name(D)}_alpha{key_number(ALPHAS[-1])}"]["value"]
+metrics[f"ratio_w2sq_increase_D4_over_Dinf_alpha{key_number(ALPHAS[-1])}"] = metric(inc(4) / inc(INF), "x", "lower")
 a_dg, d_small = ALPHAS_DIGITS[-1], D_DIGITS[0]
-metrics[f"ratio_fd_{name(d_small)}_over_Dinf_alpha{a_dg:g}"] = metric(fd_mean(d_small, a_dg) / fd_mean(INF, a_dg), "x", "lower")
+metrics[f"ratio_fd_{name(d_small)}_over_Dinf_alpha{key_number(a_dg)}"] = metric(fd_mean(d_small, a_dg) / fd_mean(INF, a_dg), "x", "lower")
 metrics["ratio_w2sq_D2_over_Dinf_alpha0"] = metric(
     metrics["w2sq_2d_D2_alpha0"]["value"] / metrics["w2sq_2d_Dinf_alpha0"]["value"], "x", "higher")
 record("06_poisson_flows", metrics, mode=mode, seed=seed, wall_s=time.perf_counter() - t_start)

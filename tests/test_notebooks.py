@@ -44,6 +44,8 @@ def test_results_format(chapter):
     assert res["metrics"], "no metrics recorded"
     for name, m in res["metrics"].items():
         assert set(m) == {"value", "unit", "better"}, name
+        # one spelling of decimals in keys (record.key_number): 0p5, never 0.5
+        assert not re.search(r"\d\.\d", name), f"{name}: write decimals in keys as 0p5 (key_number)"
         assert m["better"] in ("lower", "higher"), name
 
 
@@ -76,3 +78,10 @@ def test_notebook_length_guide(chapter):
         return
     assert n <= NOTEBOOK_GUIDE_LINES, (f"{chapter} has {n} lines (guide {NOTEBOOK_GUIDE_LINES}): split "
                                        "it, or give the reason in LONG_CHAPTERS")
+
+
+def test_committed_full_results_spell_decimals_one_way():
+    for path in sorted((ROOT / "results" / "full").glob("*.json")):
+        import json
+        bad = [k for k in json.loads(path.read_text())["metrics"] if re.search(r"\d\.\d", k)]
+        assert not bad, f"{path.name}: keys with a decimal point {bad[:3]}: use key_number's 0p5"

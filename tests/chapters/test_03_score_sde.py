@@ -10,7 +10,7 @@ def test_03_score_sde():
     # the simulated noising SDE has the path's marginal: std of (x_t - alpha x1) / sigma is 1
     # (8000 values: standard error 0.008; measured within 0.006 of 1)
     for name in ("vp", "subvp", "ve"):
-        for t in ("0.5", "0"):
+        for t in ("0p5", "0"):
             assert abs(value(r, f"forward_sde_std_t{t}_{name}") - 1) < 0.03
         # score, epsilon and velocity are one object: measured <= 1e-15 (float64)
         assert value(r, f"conversion_rel_err_{name}") < 1e-10

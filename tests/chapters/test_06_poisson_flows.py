@@ -18,8 +18,8 @@ def test_06_poisson_flows():
     assert floor < value(r, "w2sq_2d_D4_alpha0") < 1.5  # measured 0.78
     # PFGM++ §6: state noise alpha = 0.4 hurts smaller D less (increase 0.14, 1.04, 1.48 for
     # D = 2, 4, inf; one training seed)
-    assert value(r, "ratio_w2sq_increase_D4_over_Dinf_alpha0.4") < 0.8  # measured 0.70
-    assert value(r, "w2sq_increase_2d_D2_alpha0.4") < value(r, "w2sq_increase_2d_D4_alpha0.4")
+    assert value(r, "ratio_w2sq_increase_D4_over_Dinf_alpha0p4") < 0.8  # measured 0.70
+    assert value(r, "w2sq_increase_2d_D2_alpha0p4") < value(r, "w2sq_increase_2d_D4_alpha0p4")
     # ... but D = 2 has an infinite-variance kernel in 2D and is far less accurate (measured 26x)
     assert value(r, "ratio_w2sq_D2_over_Dinf_alpha0") > 5
     # more Heun steps help every D (measured D4 7.59 > 1.35 > 0.78, Dinf 5.89 > 1.15 > 0.68)

@@ -112,6 +112,12 @@ def versions() -> dict[str, str]:
     return out
 
 
+def key_number(v: float) -> str:
+    """A number as it appears in a metric key: ``%g`` with "p" for the decimal point (0.5 ->
+    "0p5", 2.0 -> "2"), the one spelling of decimals in every chapter's keys."""
+    return f"{v:g}".replace(".", "p")
+
+
 def metric(value: float, unit: str = "", better: str = "lower") -> dict:
     """One figure of merit: ``{value, unit, better}``."""
     if better not in ("lower", "higher"):
