@@ -2,10 +2,12 @@
 the per-t loss diagnostic, atomic checkpoints and exact resume.
 
 Every paradigm trains through ``train``: it needs a model, a
-``loss_fn(model, *batch, generator, per_sample) -> (loss, per_sample (B,) or None, t (B,) or None)``
-(the scalar loss to differentiate, and — when ``per_sample`` is True — detached
-per-sample losses with their times for the per-t diagnostic; ``CFM.loss`` is one)
-and a ``sample_batch(generator) -> tuple of tensors``. All randomness of a run
+``loss_fn(model, *batch, generator, per_sample)`` returning a ``recipe.results.LossResult``
+(loss, per_sample (B,) or None, t (B,) or None) — the scalar loss to differentiate, and, when
+``per_sample`` is True, detached per-sample losses with their times for the per-t diagnostic;
+every objective's ``loss`` method is one (``CFM``, ``DDPMLoss``, ``DenoisingScoreMatching``,
+``PFGMppLoss``, ``DenoiserObjective``, ``vae_loss``) — and a
+``sample_batch(generator) -> tuple of tensors``. All randomness of a run
 flows through one ``torch.Generator`` whose state is checkpointed, so a resumed
 run continues exactly where it stopped.
 """
