@@ -24,7 +24,7 @@
 # diffusion model refines the blurry samples of a VAE.
 #
 # **Time.** DDPM counts steps $k=0,\dots,T$ with $k=0$ the data. minigen's time runs the
-# other way, $t = 1-k/T$ ($t=0$ noise, $t=1$ data, DESIGN.md), and every network takes
+# other way, $t = 1-k/T$ ($t=0$ noise, $t=1$ data, book/design.md), and every network takes
 # minigen's $t$. `minigen.diffusion.ddpm` keeps the paper's $k$ and names ($x_0$ is the data there).
 #
 # ## The forward chain, its marginals and its posterior

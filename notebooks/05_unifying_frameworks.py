@@ -31,7 +31,7 @@
 # $$x_t=\alpha(t)\,x_1+\sigma(t)\,x_0+\gamma(t)\,z,\qquad
 #   \alpha(0)=\sigma(1)=0,\ \alpha(1)=\sigma(0)=1,\ \gamma(0)=\gamma(1)=0 .$$
 #
-# The paper puts $\alpha$ on the source; we keep minigen's convention (DESIGN.md). Time runs
+# The paper puts $\alpha$ on the source; we keep minigen's convention (book/design.md). Time runs
 # the same way in both.
 #
 # | quantity | Albergo et al. (2023) | this book |

@@ -71,3 +71,18 @@ def test_every_package_reference_in_the_chapters_resolves():
         except AttributeError:
             bad.append(ref)
     assert not bad, f"references to names that do not exist: {bad}"
+
+
+def test_the_design_page_is_in_the_book_and_every_reference_points_to_it():
+    """The architecture page lives in the repository (book/design.md) and the book; nothing
+    points to a DESIGN.md the repository does not have."""
+    assert (BOOK / "design.md").is_file() and "design" in toc_files()
+    text = (BOOK / "design.md").read_text()
+    for section in ("One time convention", "The five parts", "Where the code lives",
+                    "How notebooks run", "Adding a chapter"):
+        assert section in text
+    files = [*ROOT.glob("src/minigen/**/*.py"), *ROOT.glob("notebooks/*.py"), *ROOT.glob("tests/**/*.py"),
+             ROOT / "README.md"]
+    stale = [str(p.relative_to(ROOT)) for p in files
+             if "DESIGN.md" in p.read_text() and p.name != "test_book_config.py"]
+    assert not stale, f"references to a DESIGN.md the repository does not have: {stale}"

@@ -1,7 +1,7 @@
 """environment.yml's pip section mirrors pyproject.toml (dependencies + the dev extra).
 
 No conda channel is reachable here, so the conda route is kept honest by this test
-rather than by running conda (DESIGN.md, "Dependencies").
+rather than by running conda (book/design.md, "Dependencies").
 """
 
 from __future__ import annotations

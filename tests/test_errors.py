@@ -1,4 +1,4 @@
-"""Bad input gets a clear error (DESIGN.md, Conventions): each case raises the documented
+"""Bad input gets a clear error (book/design.md, Conventions): each case raises the documented
 exception with a message that names the problem."""
 
 from __future__ import annotations

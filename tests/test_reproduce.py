@@ -40,6 +40,7 @@ def test_select_by_number_stem_or_all(repo):
     assert stems(reproduce.select_chapters(repo, ["02", "01_flow"])) == ["02_diffusion",
                                                                          "01_flow"]
     assert stems(reproduce.select_chapters(repo, ["notebooks/00_intro.py"])) == ["00_intro"]
+    assert stems(reproduce.select_chapters(repo, ["1"])) == ["01_flow"]  # "1" is chapter 01
     with pytest.raises(SystemExit, match="no chapter '07'"):
         reproduce.select_chapters(repo, ["07"])
 
@@ -222,3 +223,10 @@ def test_apply_quick_refuses_a_name_that_is_not_a_parameter():
     ns = {"steps": 10}
     with pytest.raises(KeyError, match="not parameters"):
         apply_quick(ns, parameter_defaults(ns), stpes=1)
+
+
+@pytest.mark.parametrize("jobs", ["0", "-2", "two"])
+def test_jobs_must_be_a_positive_integer(jobs, capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["--quick", "--no-run", "--jobs", jobs])
+    assert "--jobs" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """minigen: a notebook-first workbook of generative modelling.
 
-The package is laid out by the five parts of the recipe and by family (DESIGN.md):
+The package is laid out by the five parts of the recipe and by family (book/design.md):
 
     recipe/     the five parts every continuous paradigm is made of: couplings, paths,
                 time samplers, objectives, ODE and SDE solvers, likelihood, model wrappers
@@ -25,3 +25,5 @@ nothing imports ``workbook/`` but notebooks, benchmarks and ``eval.fd``'s cache 
 (``tests/test_layout.py`` enforces it). Nothing is re-exported: import a name from the module
 that defines it.
 """
+
+__version__ = "0.1.0"

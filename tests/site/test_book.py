@@ -1,4 +1,4 @@
-"""Browser test of the built book: every chapter renders offline (DESIGN.md, "Book").
+"""Browser test of the built book: every chapter renders offline (book/design.md, "Book").
 
 Run after ``make book`` or ``make book-quick``: ``pytest -m site tests/site``
 (``make site-test``). The site is served from ``book/_build/html`` on 127.0.0.1 and

@@ -4,7 +4,7 @@
 DDPM counts steps k = 0, 1, ..., T with k = 0 the data and k = T (almost) pure noise.
 This module keeps the paper's discrete time k but uses minigen's names — ``x1`` is the
 **data**, ``xk`` the latent at step k, ``eps`` the noise — with the paper's mapped once
-(DESIGN.md); DDPM's x_0 is our x1 in every docstring below:
+(book/design.md); DDPM's x_0 is our x1 in every docstring below:
 
     =====================  ===========  ========================================
     DDPM (Ho et al.)       minigen      relation

@@ -20,7 +20,7 @@ rho = 7 grid; minigen's time t in [0, 1] indexes the grid (t = 0 noise =
 sigma_max, t = 1 data = sigma_min).
 
 Not a Gaussian path: conversions to epsilon or a Gaussian score do not apply
-for finite D, so this module stands apart from ``paths.py`` (DESIGN.md).
+for finite D, so this module stands apart from ``paths.py`` (book/design.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The five parts of the recipe (DESIGN.md): x_t = alpha(t) x1 + sigma(t) x0 (+ gamma(t) z),
+"""The five parts of the recipe (book/design.md): x_t = alpha(t) x1 + sigma(t) x0 (+ gamma(t) z),
 t = 0 the source, t = 1 the data.
 
     couplings.py      part 1: how x0 and x1 are paired (independent, exact OT, Sinkhorn, Gibbs weights)

@@ -1,7 +1,7 @@
 """Couplings: how a minibatch of source points x0 is paired with data points x1.
 
 Each coupling is a callable ``coupling(x0, x1, generator) -> (x0, x1)`` returning
-paired batches of the same size (DESIGN.md, part 1 of 5).
+paired batches of the same size (book/design.md, part 1 of 5).
 
 * ``independent``  — pi = p0 x p1 (Lipman et al., 2023).
 * ``ExactOT``      — the minibatch optimal assignment for squared Euclidean cost

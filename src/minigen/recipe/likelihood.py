@@ -1,4 +1,4 @@
-"""Exact log-likelihood of a continuous normalizing flow (DESIGN.md, part 4 of 5).
+"""Exact log-likelihood of a continuous normalizing flow (book/design.md, part 4 of 5).
 
 Instantaneous change of variables (Chen et al., 2018, Thm. 1): along
 dx/dt = v(x, t),  d log p_t(x_t) / dt = -div v(x_t, t). Integrating the data

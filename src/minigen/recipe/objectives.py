@@ -1,4 +1,4 @@
-"""Objectives: regression of one prediction type along a path (DESIGN.md, part 3 of 5).
+"""Objectives: regression of one prediction type along a path (book/design.md, part 3 of 5).
 
 Conditional flow matching (Lipman et al., 2023, eq. 23; Tong et al., 2024):
 

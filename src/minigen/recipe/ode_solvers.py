@@ -1,4 +1,4 @@
-"""ODE solvers for a velocity field v(x, t) (DESIGN.md, part 4 of 5).
+"""ODE solvers for a velocity field v(x, t) (book/design.md, part 4 of 5).
 
 A solver takes a velocity model and a time grid; it knows nothing of training
 (the split of Meta's flow_matching). Fixed-step methods take ``steps`` equal

@@ -1,7 +1,7 @@
 """Gaussian probability paths  x_t = alpha(t)·x1 + sigma(t)·x0 (+ gamma(t)·z).
 
 Time convention of minigen: t in [0, 1], t = 0 is the source (noise), t = 1 the
-data; alpha multiplies the data, sigma the source (DESIGN.md).
+data; alpha multiplies the data, sigma the source (book/design.md).
 
 A path knows its schedule and derivatives, samples (x_t, conditional velocity)
 for a pair (x0, x1), and converts exactly between the four predictions a

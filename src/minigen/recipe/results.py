@@ -1,4 +1,4 @@
-"""The two result types every part shares (DESIGN.md): what a sampler returns and what a
+"""The two result types every part shares (book/design.md): what a sampler returns and what a
 loss returns, so that quality-against-NFE is one loop over samplers and ``train`` takes any
 objective.
 

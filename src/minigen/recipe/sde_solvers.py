@@ -1,4 +1,4 @@
-"""Samplers of the generative SDE of a score model (DESIGN.md, part 4 of 5): Euler–Maruyama
+"""Samplers of the generative SDE of a score model (book/design.md, part 4 of 5): Euler–Maruyama
 with a free diffusion coefficient and predictor–corrector (Song et al., 2021, "Score-Based
 Generative Modeling through SDEs", §4 and Algs. 1-5). All integrate minigen's time from the
 prior at ``sde.t_min`` (noise) to ``sde.t_max`` (data); ``score_fn(x, t, **cond)`` takes t of

@@ -1,4 +1,4 @@
-"""Time samplers: where on [0, 1] a training loss looks (DESIGN.md, part 3 of 5).
+"""Time samplers: where on [0, 1] a training loss looks (book/design.md, part 3 of 5).
 
 * ``sample_time``: uniform, logit-normal and mode sampling (Esser et al., 2024,
   "Scaling Rectified Flow Transformers", eqs. 19-20), and a constant time (one-step

@@ -1,4 +1,4 @@
-"""Model wrappers (DESIGN.md, part 5 of 5): a trained network seen as another field.
+"""Model wrappers (book/design.md, part 5 of 5): a trained network seen as another field.
 
 Every wrapper takes a model called as ``model(x, t, **cond)`` (x (B, ...), t (B,)) and returns
 a field with the same signature, so solvers and samplers pass a condition (``cond_image=y``, a

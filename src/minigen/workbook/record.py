@@ -1,4 +1,4 @@
-"""Recording a chapter's figures of merit (DESIGN.md, "Results JSON").
+"""Recording a chapter's figures of merit (book/design.md, "Results JSON").
 
 A notebook calls ``record(...)`` once at its end; the file lands in
 ``results/<mode>/<chapter>.json`` with the format

@@ -1,4 +1,4 @@
-"""Execute the chapter notebooks once each and collect their results (DESIGN.md).
+"""Execute the chapter notebooks once each and collect their results (book/design.md).
 
     python -m minigen.workbook.reproduce [CHAPTERS...] [--quick | --full | --gpu]
                                 [--jobs N] [--check] [--no-run] [--out build/executed]
@@ -103,8 +103,19 @@ def all_chapters(root: Path) -> list[Path]:
     return sorted(notebooks_dir(root).glob("[0-9][0-9]_*.py"))
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (``--jobs 0`` would run nothing)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def select_chapters(root: Path, wanted: list[str]) -> list[Path]:
-    """Chapter sources named by number (``01``) or stem (``01_flow_matching``); none = all.
+    """Chapter sources named by number (``01``, or ``1``) or stem (``01_flow_matching``); none = all.
 
     Raises SystemExit naming the choices when a name matches nothing.
     """
@@ -114,6 +125,8 @@ def select_chapters(root: Path, wanted: list[str]) -> list[Path]:
     picked: list[Path] = []
     for name in wanted:
         name = Path(name).stem
+        if name.isdigit() and len(name) < 2:
+            name = name.zfill(2)  # "1" is chapter 01
         hits = [p for p in chapters if p.stem == name or p.stem.split("_", 1)[0] == name]
         if not hits:
             choices = ", ".join(p.stem for p in chapters) or "(none)"
@@ -402,7 +415,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="full defaults (the default)")
     mode.add_argument("--gpu", dest="mode", action="store_const", const="gpu",
                       help="full settings; gpu=True where a notebook declares it")
-    ap.add_argument("--jobs", "-j", type=int, default=2, help="notebooks run in parallel")
+    ap.add_argument("--jobs", "-j", type=_positive_int, default=2, help="notebooks run in parallel (>= 1)")
     ap.add_argument("--check", action="store_true", help="assert the full-mode targets")
     ap.add_argument("--no-run", action="store_true",
                     help="do not execute; only rewrite the tables (and --check)")
