@@ -3,15 +3,20 @@
 #   make test        quick mode: execute each notebook once (papermill, build/executed/),
 #                    unit tests, nbval re-execution of the executed copies (determinism),
 #                    ruff
-#   make book        full mode: execute each notebook once at full defaults, write
-#                    results/RESULTS.md and the README table, build book/_build/html
-#   make book-quick  build the book from the notebooks already in build/executed/ (CI)
+#   make book        full mode: execute each notebook once at full defaults, record
+#                    results/full/, results/RESULTS.md and the README tables, build the site
+#   make book-quick  build the site from the notebooks already in build/executed/ (CI)
+#   make lab         JupyterLab: a double-click opens a chapter, quick mode (QUICK=0: full)
+#   make serve       serve the built site on http://127.0.0.1:8000 (search excerpts need it)
 #   make site-test   browser test of the built book (chromium, offline)
+#   make lab-test    browser test of JupyterLab as make lab starts it
 #   make test-gpu    the GPU smoke test (every loss and sampler on CUDA; skipped without one)
-#   make check       assert the full-mode targets on results/full/ (no execution)
+#   make check       judge the full-mode targets on results/full/ (a table; no execution)
+#   make tables      rewrite results/RESULTS.md and the README tables from results/full/
 #
 # Variables: PYTHON (interpreter for the venv, default python3), JOBS (default 2),
-# PIN (pip constraints, default -c constraints.txt; PIN= installs unpinned).
+# PIN (pip constraints, default -c constraints.txt; PIN= installs unpinned), QUICK (make lab),
+# ALLOW_DIRTY=1 (make book from a tree with uncommitted source changes: commit marked -dirty).
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -20,6 +25,9 @@ SHELL := bash
 PYTHON ?= python3
 JOBS ?= 2
 PIN ?= -c constraints.txt
+QUICK ?= 1
+ALLOW_DIRTY ?=
+PORT ?= 8000
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.minigen-installed
@@ -40,10 +48,10 @@ MATHJAX := book/_vendor/mathjax/tex-mml-chtml.js
 NPM_PREFIX := build/npm
 
 .PHONY: help venv classifier test unit nbval lint book book-quick book-html site-test \
-	check mathjax clean test-gpu
+	check tables mathjax clean test-gpu lab lab-test serve
 
 help:
-	@sed -n '3,14p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,20p' Makefile | sed 's/^# \{0,1\}//'
 
 # ------------------------------------------------------------------ environment
 # Reinstalls when pyproject.toml or constraints.txt change (the lock: every dependency pinned).
@@ -82,7 +90,7 @@ classifier: venv
 
 # ------------------------------------------------------------------ book
 book: venv mathjax classifier
-	$(PY) -m minigen.workbook.reproduce --full --jobs $(JOBS)
+	$(PY) -m minigen.workbook.reproduce --full --record --jobs $(JOBS) $(if $(ALLOW_DIRTY),--allow-dirty)
 	$(MAKE) --no-print-directory book-html
 
 book-quick: venv mathjax
@@ -109,9 +117,24 @@ $(MATHJAX):
 site-test: venv
 	$(PY) -m pytest -m site tests/site
 
+# Sphinx's search fetches page excerpts with XHR, which browsers refuse over file://.
+serve:
+	@test -f book/_build/html/index.html || { echo "no site: run 'make book' or 'make book-quick'"; exit 1; }
+	$(PY) -m http.server $(PORT) --bind 127.0.0.1 --directory book/_build/html
+
+# ------------------------------------------------------------------ JupyterLab
+lab: venv
+	$(PY) -m minigen.workbook.lab $(if $(filter 0,$(QUICK)),--full)
+
+lab-test: venv
+	$(PY) -m pytest -m lab tests/lab
+
 # ------------------------------------------------------------------ results
 check: venv
 	$(PY) -m minigen.workbook.reproduce --full --check --no-run
 
+tables: venv
+	$(PY) -m minigen.workbook.reproduce --full --record --no-run
+
 clean:
-	rm -rf build book/_build results/quick .pytest_cache
+	rm -rf build book/_build .pytest_cache

@@ -85,3 +85,35 @@ def test_committed_full_results_spell_decimals_one_way():
         import json
         bad = [k for k in json.loads(path.read_text())["metrics"] if re.search(r"\d\.\d", k)]
         assert not bad, f"{path.name}: keys with a decimal point {bad[:3]}: use key_number's 0p5"
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS)
+def test_a_save_from_jupyterlab_leaves_the_source_unchanged(chapter, tmp_path):
+    """JupyterLab opens and saves the .py through jupytext's contents manager: after a run (outputs,
+    execution counts, cell metadata, the kernel's language_info) the saved file is byte-identical,
+    and the header asks for the venv's ``minigen`` kernel."""
+    import asyncio
+    import shutil
+
+    from jupytext import AsyncTextFileContentsManager
+
+    name = f"{chapter}.py"
+    shutil.copy(ROOT / "notebooks" / name, tmp_path / name)
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")  # its [tool.jupytext]
+    cm = AsyncTextFileContentsManager(root_dir=str(tmp_path))
+
+    async def open_run_save():
+        nb = (await cm.get(name, content=True, type="notebook"))["content"]
+        assert nb["metadata"]["kernelspec"]["name"] == "minigen"
+        nb["metadata"]["language_info"] = {"name": "python", "version": "3.11.2",
+                                           "mimetype": "text/x-python"}
+        for cell in nb["cells"]:
+            if cell["cell_type"] == "code":
+                cell["execution_count"] = 1
+                cell["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "ran"}]
+                cell["metadata"]["execution"] = {"iopub.status.busy": "2026-01-01T00:00:00Z"}
+                cell["metadata"]["scrolled"] = True
+        await cm.save({"type": "notebook", "format": "json", "content": nb}, name)
+
+    asyncio.run(open_run_save())
+    assert (tmp_path / name).read_text() == (ROOT / "notebooks" / name).read_text()

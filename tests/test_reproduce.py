@@ -64,85 +64,6 @@ def test_cores_are_shared_between_the_notebooks_that_run_at_once():
     assert reproduce.threads_per_notebook(jobs=2, n_notebooks=4, cores=8) == 4
 
 
-def test_results_table_lists_every_metric(results):
-    write_result(results, "full", "01_flow", {"w2": 0.12345678, "nfe": 38})
-    table = reproduce.results_table(reproduce.load_results("full"))
-    lines = table.splitlines()
-    assert lines[0] == "| chapter | metric | value | unit | better |"
-    assert "| 01_flow | `w2` | 0.1235 |  | lower |" in lines
-    assert len(lines) == 4
-
-
-def test_readme_markers(tmp_path):
-    readme = tmp_path / "README.md"
-    readme.write_text("a\n<!-- results:start -->\nold\n<!-- results:end -->\nb\n")
-    assert reproduce.update_readme(readme, "| new |")
-    assert readme.read_text() == "a\n<!-- results:start -->\n| new |\n<!-- results:end -->\nb\n"
-    readme.write_text("no markers\n")
-    assert not reproduce.update_readme(readme, "| new |")
-    assert readme.read_text() == "no markers\n"
-
-
-def use_specs(monkeypatch, tmp_path, specs: dict[str, str]):
-    """Chapter specs (TOML text per chapter) in a scratch notebooks/ folder."""
-    (tmp_path / "notebooks").mkdir(exist_ok=True)
-    for chapter, text in specs.items():
-        (tmp_path / "notebooks" / f"{chapter}.toml").write_text(text)
-    real = reproduce.chapter_spec
-    monkeypatch.setattr(reproduce, "chapter_spec", lambda c, root=None: real(c, tmp_path))
-
-
-def test_check_targets_reports_misses_and_missing(results, monkeypatch, tmp_path):
-    use_specs(monkeypatch, tmp_path, {"01_flow": '[targets]\nw2 = ["<=", 0.15]\nratio = [">=", 20.0]\n'
-                                                 'gone = ["<=", 1.0]\n'})
-    write_result(results, "full", "01_flow", {"w2": 0.1, "ratio": 7.5})
-    misses = reproduce.check_targets("full", ["01_flow"])
-    assert misses == ["01_flow: ratio = 7.5, target >= 20",
-                      "01_flow: gone missing (target <= 1)"]
-    assert reproduce.check_targets("full", ["00_other"]) == []
-    assert len(reproduce.check_targets("full", ["01_flow", "02_none"])) == 2
-
-
-def test_missing_results_file_misses_every_target(results):
-    chapter = "01_flow_matching"  # the real spec, notebooks/01_flow_matching.toml
-    targets = reproduce.chapter_spec(chapter).targets
-    assert targets
-    misses = reproduce.check_targets("full", [chapter])
-    assert len(misses) == len(targets)
-    assert all("missing" in m for m in misses)
-
-
-def test_every_chapter_spec_reads_and_names_recorded_metrics():
-    """Each notebooks/<chapter>.toml parses, and its targets and headline name metrics the
-    committed full results hold (a renamed metric would silently leave the table)."""
-    root = Path(__file__).resolve().parents[1]
-    for nb in sorted((root / "notebooks").glob("[0-9][0-9]_*.py")):
-        spec = reproduce.chapter_spec(nb.stem, root)
-        full = root / "results" / "full" / f"{nb.stem}.json"
-        if not full.is_file():
-            continue
-        recorded = set(json.loads(full.read_text())["metrics"])
-        missing = [n for n in [*spec.headline, *spec.targets] if n not in recorded]
-        assert not missing, f"{nb.stem}.toml names metrics its full results lack: {missing}"
-
-
-def test_a_malformed_target_is_refused(tmp_path):
-    (tmp_path / "notebooks").mkdir()
-    (tmp_path / "notebooks" / "07_x.toml").write_text('[targets]\nw2 = ["~", 0.1]\n')
-    with pytest.raises(ValueError, match="07_x.toml"):
-        reproduce.chapter_spec("07_x", tmp_path)
-
-
-def test_headline_table_shows_targets(results, monkeypatch, tmp_path):
-    use_specs(monkeypatch, tmp_path, {"01_flow": '[targets]\nw2 = ["<=", 0.15]\n'})
-    write_result(results, "full", "01_flow", {"w2": 0.1, "nfe": 38})
-    write_result(results, "full", "02_x", {"a": 1.0})
-    lines = reproduce.headline_table(reproduce.load_results("full")).splitlines()
-    assert "| 01_flow | `w2` | 0.1 |  | lower | <= 0.15 |" in lines
-    assert not any("`nfe`" in line for line in lines)  # not a headline
-    assert "| 02_x | `a` | 1 |  | lower |  |" in lines  # no targets: every metric
-
-
 STALL_ONCE = '''# %%
 import pathlib
 import time
@@ -230,3 +151,88 @@ def test_jobs_must_be_a_positive_integer(jobs, capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["--quick", "--no-run", "--jobs", jobs])
     assert "--jobs" in capsys.readouterr().err
+
+
+TINY_CHAPTER = '''# %% tags=["parameters"]
+from minigen.workbook.record import quick_from_env
+
+quick = quick_from_env()
+
+# %%
+from minigen.workbook.record import record
+
+print(record("99_tiny", {"a": 0.5}, mode="quick" if quick else "full", seed=0, wall_s=0.1))
+'''
+
+
+def git(repo: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo,
+                   check=True, capture_output=True)
+
+
+@pytest.fixture
+def tiny_repo(tmp_path, monkeypatch):
+    """A committed repository with one chapter, committed results and a README table."""
+    repo = tmp_path / "repo"
+    (repo / "notebooks").mkdir(parents=True)
+    (repo / "pyproject.toml").write_text('[project]\nname = "minigen"\n')
+    (repo / "notebooks" / "99_tiny.py").write_text(TINY_CHAPTER)
+    (repo / "notebooks" / "99_tiny.toml").write_text('[targets]\na = ["<", 1.0]\n')
+    (repo / "results" / "full").mkdir(parents=True)
+    (repo / "results" / "full" / "99_tiny.json").write_text('{"committed": true}\n')
+    (repo / "results" / "RESULTS.md").write_text("committed table\n")
+    (repo / "README.md").write_text("<!-- results:start -->\nold\n<!-- results:end -->\n")
+    (repo / ".gitignore").write_text("build/\n")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-qm", "init")
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("MINIGEN_RESULTS_DIR", raising=False)
+    monkeypatch.delenv("MINIGEN_RECORD", raising=False)
+    return repo
+
+
+def committed_bytes(repo: Path) -> dict[str, bytes]:
+    return {p: (repo / p).read_bytes() for p in
+            ("results/full/99_tiny.json", "results/RESULTS.md", "README.md")}
+
+
+def test_a_plain_run_leaves_the_committed_results_byte_identical(tiny_repo, capsys):
+    before = committed_bytes(tiny_repo)
+    assert reproduce.main(["99", "--jobs", "1", "--check"]) == 0  # full mode, the default
+    assert committed_bytes(tiny_repo) == before
+    run = json.loads((tiny_repo / "build/results/full/99_tiny.json").read_text())
+    assert run["metrics"]["a"]["value"] == 0.5 and run["mode"] == "full"
+    assert (tiny_repo / "build/results/full/RESULTS.md").is_file()
+    assert "untouched" in capsys.readouterr().out
+
+
+def test_record_refuses_a_dirty_tree_and_then_says_what_it_replaced(tiny_repo, capsys):
+    before = committed_bytes(tiny_repo)
+    (tiny_repo / "notebooks" / "99_tiny.py").write_text(TINY_CHAPTER + "\n# an edit\n")
+    assert reproduce.main(["99", "--record", "--jobs", "1"]) == 2
+    assert "uncommitted changes in notebooks/99_tiny.py" in capsys.readouterr().err
+    assert committed_bytes(tiny_repo) == before
+    git(tiny_repo, "commit", "-qam", "edit")
+    assert reproduce.main(["99", "--record", "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    rec = json.loads((tiny_repo / "results/full/99_tiny.json").read_text())
+    assert rec["metrics"]["a"]["value"] == 0.5 and not rec["git_sha"].endswith("-dirty")
+    assert "replaced committed results:\n  99_tiny.json: was None on None" in out
+    assert "`a` | 0.5 |  | lower | < 1: met" in (tiny_repo / "README.md").read_text()
+    assert "## Targets (1 met)" in (tiny_repo / "results/RESULTS.md").read_text()
+
+
+def test_record_with_allow_dirty_marks_the_commit(tiny_repo):
+    (tiny_repo / "notebooks" / "99_tiny.py").write_text(TINY_CHAPTER + "\n# an edit\n")
+    assert reproduce.main(["99", "--record", "--allow-dirty", "--jobs", "1"]) == 0
+    assert json.loads((tiny_repo / "results/full/99_tiny.json").read_text())["git_sha"] \
+        .endswith("-dirty")
+
+
+def test_quick_results_are_never_recorded(capsys):
+    with pytest.raises(SystemExit):
+        reproduce.main(["--quick", "--record", "--no-run"])
+    assert "quick results stay in build/" in capsys.readouterr().err

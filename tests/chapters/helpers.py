@@ -1,7 +1,7 @@
 """Shared helpers for the chapter tests: the quick-mode results each notebook recorded.
 
 ``make test`` executes every notebook once in quick mode (``python -m
-minigen.workbook.reproduce --quick``), which writes ``results/quick/<chapter>.json``; the tests
+minigen.workbook.reproduce --quick``), which writes ``build/results/quick/<chapter>.json``; the tests
 in this folder read those files (one file per chapter). Run alone, a missing file is produced
 by executing that chapter first (outside CI); under CI a missing file fails.
 
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def quick_results(chapter: str) -> dict:
-    """``results/quick/<chapter>.json`` (or under ``$MINIGEN_RESULTS_DIR``, e.g. a run made with
+    """``build/results/quick/<chapter>.json`` (or under ``$MINIGEN_RESULTS_DIR``, e.g. a run made with
     another CPU kernel set: ``ATEN_CPU_CAPABILITY=default``)."""
     from minigen.workbook.record import results_dir
 

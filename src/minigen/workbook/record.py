@@ -1,16 +1,17 @@
 """Recording a chapter's figures of merit (book/design.md, "Results JSON").
 
 A notebook calls ``record(...)`` once at its end; the file lands in
-``results/<mode>/<chapter>.json`` with the format
+``build/results/<mode>/<chapter>.json`` — or, for a run asked to record
+(``reproduce --full --record``, ``make book``), the committed ``results/<mode>/`` —
+with the format
 
     {chapter, mode, seed, git_sha, torch, versions, device, threads, wall_s,
      metrics: {name: {value, unit, better: "lower" | "higher"}}}
 
-``versions`` holds the versions that move figures (python, torch, numpy, scipy, POT); the
-whole environment is pinned in ``constraints.txt``.
-
 so that the tests, ``python -m minigen.workbook.reproduce`` and the README table read
-one format.
+one format. ``versions`` holds the versions that move figures (python, torch, numpy, scipy,
+POT); the whole environment is pinned in ``constraints.txt``. ``git_sha`` ends in ``-dirty``
+when the sources had uncommitted changes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 
 QUICK_ENV = "MINIGEN_QUICK"
 RESULTS_ENV = "MINIGEN_RESULTS_DIR"
+RECORD_ENV = "MINIGEN_RECORD"
 
 
 def quick_from_env(default: bool = False) -> bool:
@@ -79,20 +81,50 @@ def repo_root(start: Path | None = None) -> Path:
     return here
 
 
-def results_dir(mode: str) -> Path:
-    """``$MINIGEN_RESULTS_DIR/<mode>`` or ``<repo>/results/<mode>``."""
+def recording() -> bool:
+    """True when this run was asked to write the committed results (``MINIGEN_RECORD=1``, set by
+    ``reproduce --record`` and ``make book``)."""
+    return os.environ.get(RECORD_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def results_dir(mode: str, committed: bool | None = None) -> Path:
+    """Where the results of ``mode`` are written (``record``) and read.
+
+    ``$MINIGEN_RESULTS_DIR/<mode>`` when that is set (tests, side runs); else the committed
+    ``<repo>/results/<mode>`` when ``committed`` (default: ``recording()``); else
+    ``<repo>/build/results/<mode>``. So a chapter run in JupyterLab or by a plain ``reproduce``
+    never overwrites a committed result: only ``--record`` does."""
     base = os.environ.get(RESULTS_ENV)
-    root = Path(base) if base else repo_root() / "results"
-    return root / mode
+    if base:
+        return Path(base) / mode
+    committed = recording() if committed is None else committed
+    return repo_root() / ("results" if committed else "build/results") / mode
+
+
+# What moves the figures: a tree with changes here records its commit as "<sha>-dirty".
+SOURCE_PATHS = ("src", "notebooks", "pyproject.toml", "constraints.txt")
+
+
+def dirty_paths(root: Path | None = None) -> list[str]:
+    """Changed or untracked files under ``SOURCE_PATHS`` (git status), [] outside a repository."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", *SOURCE_PATHS],
+                             cwd=root or repo_root(), capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line[3:] for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 \
+        else []
 
 
 def git_sha() -> str:
+    """The short commit of the repository, with ``-dirty`` if ``dirty_paths()`` is not empty."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo_root(),
                              capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        sha = out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return f"{sha}-dirty" if sha != "unknown" and dirty_paths() else sha
 
 
 VERSIONED = ("torch", "numpy", "scipy", "pot")
