@@ -143,3 +143,34 @@ def test_the_committed_results_miss_no_target_without_saying_why():
         bad = [v.target.metric for v in targets.chapter_verdicts(nb.stem, res, ROOT)
                if v.status in ("missed", "missing")]
         assert not bad, f"{nb.stem}: undocumented misses {bad}"
+
+
+def between(text: str, start: str, end: str) -> str:
+    return text[text.index(start) + len(start):text.index(end)].strip("\n")
+
+
+def test_the_readme_tables_are_the_generated_ones():
+    """The README's results and costs tables are what ``make tables`` writes from the committed
+    results JSON and results/costs.json (a hand edit, or a results file changed without
+    regenerating them, fails here)."""
+    res = ROOT / "results" / "full"
+    readme = (ROOT / "README.md").read_text()
+    records = tables.load_results(res)
+    assert between(readme, tables.README_START, tables.README_END) == \
+        tables.headline_table(records, res)
+    costs = ROOT / "results" / "costs.json"
+    assert between(readme, tables.COSTS_START, tables.COSTS_END) == tables.costs_table(
+        records, json.loads(costs.read_text()) if costs.is_file() else None)
+
+
+def test_costs_table_states_machine_commands_and_chapter_times():
+    costs = {"commit": "abc1234", "machine": {"cpu": "Some CPU", "cores": 2, "ram_gib": 23.5},
+             "wall_s": {"make test": 300.0, "make book-quick": 40.0},
+             "disk_mib": {".venv": 2048.0, "build": 30.0}}
+    records = [{"chapter": "01_flow", "wall_s": 848.0, "threads": 1,
+                "machine": {"cpu": "Other CPU"}}, {"chapter": "02_x", "wall_s": 60.0}]
+    text = tables.costs_table(records, costs)
+    assert "Some CPU, 2 cores, 23.5 GiB" in text and "| `make test` | 5.0 min |" in text
+    assert "`.venv` 2.0 GiB, `build` 30 MiB" in text
+    assert "| 01_flow | 14.1 min | 1 | Other CPU |" in text and "| 02_x | 60 s | ? |" in text
+    assert "Sum over the chapters: 15.1 min" in text and "(40 s above)" in text

@@ -5,7 +5,7 @@ A notebook calls ``record(...)`` once at its end; the file lands in
 (``reproduce --full --record``, ``make book``), the committed ``results/<mode>/`` —
 with the format
 
-    {chapter, mode, seed, git_sha, torch, versions, device, threads, wall_s,
+    {chapter, mode, seed, git_sha, torch, versions, device, threads, machine, wall_s,
      metrics: {name: {value, unit, better: "lower" | "higher"}}}
 
 so that the tests, ``python -m minigen.workbook.reproduce`` and the README table read
@@ -144,6 +144,23 @@ def versions() -> dict[str, str]:
     return out
 
 
+def machine() -> dict:
+    """The machine class a run's wall times belong to: CPU model, logical cores, RAM in GiB."""
+    import platform
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                    if ln.startswith("model name")), cpu)
+        mem_kib = next(int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()
+                       if ln.startswith("MemTotal"))
+        ram = round(mem_kib / 2**20, 1)
+    except (OSError, StopIteration, ValueError):
+        ram = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram}
+
+
 def key_number(v: float) -> str:
     """A number as it appears in a metric key: ``%g`` with "p" for the decimal point (0.5 ->
     "0p5", 2.0 -> "2"), the one spelling of decimals in every chapter's keys."""
@@ -173,7 +190,7 @@ def record(chapter: str, metrics: dict, *, mode: str, seed: int, wall_s: float,
     out = {
         "chapter": chapter, "mode": mode, "seed": int(seed), "git_sha": git_sha(),
         "torch": torch.__version__, "versions": versions(), "device": str(device),
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "machine": machine(),
         "wall_s": round(float(wall_s), 2), "metrics": clean,
     }
     path = results_dir(mode) / f"{chapter}.json"

@@ -380,6 +380,11 @@ def write_tables(root: Path, results: Path, mode: str, args: argparse.Namespace)
         return
     readme = root / "README.md"
     table = tables.headline_table(tables.load_results(results), results)
+    costs = root / "results" / "costs.json"
+    cost_text = tables.costs_table(tables.load_results(results),
+                                   json.loads(costs.read_text()) if costs.is_file() else None)
+    if tables.replace_between(readme, cost_text, tables.COSTS_START, tables.COSTS_END):
+        print("reproduce: updated the costs table in README.md")
     if tables.replace_between(readme, table):
         print("reproduce: updated the results table in README.md")
     else:

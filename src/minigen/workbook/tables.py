@@ -128,3 +128,36 @@ def describe_replacements(before: dict[str, bytes], folder: Path) -> list[str]:
         was = f"was {tag(json.loads(before[p.name]))}" if p.name in before else "new"
         lines.append(f"  {p.name}: {was}; now {tag(new)}")
     return lines
+
+
+def _minutes(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def costs_table(records: list[dict], costs: dict | None) -> str:
+    """The README's costs: the commands' wall times and disk from ``results/costs.json``
+    (``benchmarks/costs.py``, a fresh clone) and each chapter's full-mode wall time from its
+    results JSON; ``make book`` is their sum plus the book build."""
+    lines = []
+    if costs:
+        m = costs.get("machine", {})
+        lines += [f"Measured by `benchmarks/costs.py` on a fresh clone of {costs.get('commit', '?')}:"
+                  f" {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('ram_gib', '?')} GiB"
+                  " RAM, no GPU.", "", "| command | wall time |", "|---|---:|"]
+        lines += [f"| `{cmd}` | {_minutes(s)} |" for cmd, s in costs.get("wall_s", {}).items()]
+        disk = costs.get("disk_mib", {})
+        lines += ["", "Disk: " + ", ".join(f"`{k}` {v / 1024:.1f} GiB" if v >= 1024 else
+                                           f"`{k}` {v:.0f} MiB" for k, v in disk.items()) + "."]
+    lines += ["", "Full mode (`make book`), each chapter's wall time as its results JSON records it:",
+              "", "| chapter | wall time | threads | machine |", "|---|---:|---:|---|"]
+    total = 0.0
+    for rec in records:
+        total += rec.get("wall_s", 0.0)
+        cpu = rec.get("machine", {}).get("cpu", "not recorded")
+        lines.append(f"| {rec['chapter']} | {_minutes(rec.get('wall_s', 0.0))} "
+                     f"| {rec.get('threads', '?')} | {cpu} |")
+    book = (costs or {}).get("wall_s", {}).get("make book-quick")
+    build = f" ({_minutes(book)} above)" if book else ""
+    lines += ["", f"Sum over the chapters: {_minutes(total)}; `make book` takes about that plus the "
+              f"site build{build}, on the machine that recorded them."]
+    return "\n".join(lines).strip("\n")
