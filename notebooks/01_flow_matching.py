@@ -48,7 +48,7 @@
 # %% tags=["parameters"]
 from minigen.workbook.record import parameter_defaults, quick_from_env
 
-quick = quick_from_env()  # on under make test / make lab (MINIGEN_QUICK=1); quick = False: full run
+quick = quick_from_env()  # True under make test and make lab (MINIGEN_QUICK); write False for a full run
 seed = 0
 steps_main = 10000  # training steps on 8gaussians -> moons (full mode)
 steps_other = 5000  # training steps on N(0,I) -> 8gaussians and N(0,I) -> checkerboard

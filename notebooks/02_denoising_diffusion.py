@@ -72,7 +72,7 @@
 # %% tags=["parameters"]
 from minigen.workbook.record import parameter_defaults, quick_from_env
 
-quick = quick_from_env()  # on under make test / make lab (MINIGEN_QUICK=1); quick = False: full run
+quick = quick_from_env()  # True under make test and make lab (MINIGEN_QUICK); write False for a full run
 seed = 0
 toy = "moons"  # the 2D data set
 toy_steps = 4000  # training steps per 2D model

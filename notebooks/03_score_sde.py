@@ -62,7 +62,7 @@
 # %% tags=["parameters"]
 from minigen.workbook.record import parameter_defaults, quick_from_env
 
-quick = quick_from_env()  # on under make test / make lab (MINIGEN_QUICK=1); quick = False: full run
+quick = quick_from_env()  # True under make test and make lab (MINIGEN_QUICK); write False for a full run
 seed = 0
 seeds = 3  # 2D models per configuration (mean ± std over seeds)
 toy = "checkerboard"  # 2D data: its density is known (1/32 on the support, entropy log 32)

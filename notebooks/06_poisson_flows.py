@@ -85,7 +85,7 @@
 # %% tags=["parameters"]
 from minigen.workbook.record import parameter_defaults, quick_from_env
 
-quick = quick_from_env()  # on under make test / make lab (MINIGEN_QUICK=1); quick = False: full run
+quick = quick_from_env()  # True under make test and make lab (MINIGEN_QUICK); write False for a full run
 seed = 0
 steps_2d = 2000  # training steps per 2D model
 seeds_2d = 3  # training seeds per D (the error bars)

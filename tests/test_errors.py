@@ -162,3 +162,76 @@ def test_bad_metric_inputs():
         metrics.wasserstein2_squared(torch.zeros(5, 2), torch.zeros(5, 3))
     with pytest.raises(ValueError, match="W2² must be > 0"):
         metrics.normalized_path_energy(1.0, -0.1)
+
+
+def _choice_cases():
+    """(call with a bad name, the valid choices) for every name-taking entry point; each choice
+    list is the one the code looks names up in, so a message that omits one fails."""
+    from minigen.diffusion import ddpm, score_matching
+    from minigen.nets import mlp
+    from minigen.recipe import gamma, likelihood
+    from minigen.recipe.sde import VPSDE
+    from minigen.transport import generator_matching as gm
+
+    gm_path = gm.MixturePath1D(torch.tensor([0.5, 0.5]), torch.tensor([-1.0, 1.0]),
+                               torch.tensor([0.3, 0.3])) if hasattr(gm, "MixturePath1D") else None
+    cases = [
+        ("path", lambda: paths.make_path("diagonal"), sorted(paths.PATHS)),
+        ("solver", lambda: solvers.integrate(lambda x, t: x, X, "rk45"), solvers.METHODS),
+        ("prediction", lambda: paths.LinearPath().convert(X, X, T, "velocity", "noise"),
+         paths.PREDICTIONS),
+        ("regression target", lambda: objectives.CFM(paths.LinearPath(), prediction="score"),
+         ("velocity", "x1", "epsilon")),
+        ("time sampler", lambda: time_samplers.sample_time(4, torch.Generator(), "beta"),
+         time_samplers.TIME_SAMPLERS),
+        ("CFM variant", lambda: objectives.cfm_variant("rf"), objectives.CFM_VARIANTS),
+        ("2D data set", lambda: toy2d.sample_2d("swissroll", 10, torch.Generator()),
+         sorted(toy2d.TOY_2D)),
+        ("activation", lambda: MLP(2, activation="swish"), sorted(mlp.ACTIVATIONS)),
+        ("gamma", lambda: gamma.make_gamma("cubic"), sorted(gamma.GAMMAS)),
+        ("weighting", lambda: score_matching.DenoisingScoreMatching(
+            VPSDE(paths.VPCosinePath()), weighting="flat"), score_matching.WEIGHTINGS),
+        ("DDPM variance", lambda: ddpm.DDPMSchedule().model_variance(
+            X, torch.tensor([5] * 4), variance="fixed"), ddpm.VARIANCES),
+        ("divergence estimator", lambda: likelihood.log_likelihood(
+            lambda x, t: x, X, lambda x: x.sum(1), estimator="trace"), ("exact", "hutchinson")),
+        ("record mode", lambda: record.record("99_x", {}, mode="fast", seed=0, wall_s=0.0),
+         ("quick", "full", "gpu")),
+    ]
+    if gm_path is not None:
+        cases.append(("jump", lambda: gm.jump_rate(gm_path, torch.zeros(3), 0.5, jump="x"),
+                      gm.JUMPS))
+    return cases
+
+
+@pytest.mark.parametrize("what,call,choices", _choice_cases(), ids=[c[0] for c in _choice_cases()])
+def test_every_unknown_name_error_lists_the_choices(what, call, choices):
+    with pytest.raises(ValueError) as err:
+        call()
+    missing = [c for c in choices if c not in str(err.value)]
+    assert not missing, f"{what}: {err.value} does not list {missing}"
+
+
+PATH_CLASSES = [paths.LinearPath, paths.VPCosinePath, paths.VPLinearBetaPath, paths.VEPath,
+                paths.SubVPPath, paths.Interpolant, paths.BridgePath]
+
+
+@pytest.mark.parametrize("cls", PATH_CLASSES, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("t", [1.5, -0.1, torch.tensor([0.5, 1.5]), torch.tensor([-0.1, 0.5])],
+                         ids=["1.5", "-0.1", "tensor>1", "tensor<0"])
+def test_paths_reject_t_outside_the_unit_interval(cls, t):
+    """The issue's case: VPCosinePath().alpha(1.5) was sin(0.75 pi) = 0.71, silently."""
+    path = cls()
+    for fn in (path.alpha, path.sigma, path.d_alpha, path.d_sigma):
+        with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+            fn(t if isinstance(t, torch.Tensor) else torch.tensor(t))
+    with pytest.raises(ValueError, match=r"t must lie in \[0, 1\]"):
+        path.sample(X, X, torch.full((4,), 1.5) if (t if isinstance(t, float) else t.max()) > 1
+                    else torch.full((4,), -0.1), z=torch.zeros(4, 2))
+
+
+@pytest.mark.parametrize("cls", PATH_CLASSES, ids=lambda c: c.__name__)
+def test_paths_accept_the_ends_of_the_interval(cls):
+    path = cls()
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    assert torch.isfinite(path.alpha(t)).all() and torch.isfinite(path.sigma(t)).all()

@@ -61,7 +61,7 @@ class CFM:
 
     def __post_init__(self):
         if self.prediction not in ("velocity", "x1", "epsilon"):
-            raise ValueError(f"unknown prediction type {self.prediction!r}")
+            raise ValueError(f"unknown prediction type {self.prediction!r}; choose velocity, x1, epsilon")
         if self.prediction == "epsilon" and not self.path.source_is_gaussian:
             raise ValueError("epsilon prediction needs a N(0, I) source")
         check_time_sampler(self.time_sampler, self.time_loc, self.time_scale)

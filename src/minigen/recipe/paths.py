@@ -24,11 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from minigen.broadcast import expand_t
+from minigen.broadcast import check_time, expand_t, time_checked
 from minigen.recipe.gamma import BrownianGamma, ZeroGamma
 
 Tensor = torch.Tensor
-
 
 @dataclass
 class PathSample:
@@ -54,6 +53,13 @@ class GaussianPath:
     boundary: tuple[float, float, float, float] = (0.0, 1.0, 1.0, 0.0)
     tol = 1e-6
     t_min, t_max = 0.0, 1.0  # where the schedule's derivatives are finite
+
+    def __init_subclass__(cls, **kwargs):
+        """Every schedule method a path defines rejects t outside [0, 1] (broadcast.check_time)."""
+        super().__init_subclass__(**kwargs)
+        for name in ("alpha", "sigma", "d_alpha", "d_sigma", "gamma", "d_gamma", "beta"):
+            if callable(fn := cls.__dict__.get(name)) and not getattr(fn, "time_checked", False):
+                setattr(cls, name, time_checked(fn))
 
     def __init__(self, source_is_gaussian: bool = True):
         self.source_is_gaussian = source_is_gaussian
@@ -207,10 +213,10 @@ class LinearPath(GaussianPath):
     def d_sigma(self, t): return -torch.ones_like(t)
 
     def sample(self, x0: Tensor, x1: Tensor, t: Tensor, z: Tensor | None = None) -> PathSample:
-        """x_t = t x1 + (1 - t) x0, dx_t/dt = x1 - x0: the general formula with the
-        constants folded in (it runs every training step)."""
+        """x_t = t x1 + (1 - t) x0, dx_t/dt = x1 - x0: constants folded in (every training step)."""
         if self.has_bridge_noise or x0.shape != x1.shape:
             return super().sample(x0, x1, t, z)
+        check_time(t, type(self).__name__, "sample")
         tt = expand_t(t, x1)
         return PathSample(t=t, x0=x0, x1=x1, xt=tt * x1 + (1 - tt) * x0, dxt=x1 - x0, z=z)
 

@@ -143,13 +143,20 @@ def run_env(mode: str, threads: int = 1, record: bool = False) -> dict[str, str]
 
 
 def ipc_kernel_manager():
-    """A kernel manager whose kernels talk over local IPC sockets, not unencrypted TCP (the
-    kernel warns about TCP on every start)."""
+    """A kernel manager whose kernels talk over local IPC sockets in a folder of their own (two
+    kernels must never share one), not over unencrypted TCP, which the kernel warns about on
+    every start."""
+    import tempfile
+
     from jupyter_client.manager import AsyncKernelManager
-    from traitlets import CaselessStrEnum
+    from traitlets import CaselessStrEnum, default
 
     class IPCKernelManager(AsyncKernelManager):
         transport = CaselessStrEnum(["tcp", "ipc"], default_value="ipc", config=True)
+
+        @default("ip")
+        def _own_socket_folder(self):
+            return os.path.join(tempfile.mkdtemp(prefix="minigen-kernel-"), "ipc")
 
     return IPCKernelManager
 
