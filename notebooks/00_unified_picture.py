@@ -97,7 +97,7 @@ axes[1].set_title(r"$\sigma(t)/\max\sigma$ (multiplies the source)")
 axes[2].set_title(r"log-SNR $\log\alpha^2/\sigma^2$")
 for ax in axes:
     ax.set_xlabel("t")
-axes[2].legend(fontsize=8)
+axes[2].legend(fontsize="small")
 fig.tight_layout()
 
 # %% [markdown]

@@ -180,7 +180,7 @@ fig, ax = plt.subplots(figsize=(4, 2.6))
 ax.bar(per_t_icfm[0], per_t_icfm[1], width=0.09)
 ax.set_xlabel("t")
 ax.set_ylabel("mean CFM loss")
-ax.set_title(f"I-CFM loss by t ({list(PAIRS)[-1]})", fontsize=9)
+ax.set_title(f"I-CFM loss by t ({list(PAIRS)[-1]})", fontsize="medium")
 fig.tight_layout()
 
 # %% [markdown]

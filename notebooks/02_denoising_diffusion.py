@@ -407,7 +407,7 @@ fig, axes = plt.subplots(len(img_samples), 1, figsize=(8, 1.25 * len(img_samples
 for ax, (name, xs) in zip(axes[:, 0], img_samples.items()):
     row = xs[:16].clamp(-1, 1).squeeze(1)
     ax.imshow(torch.cat(list(row), dim=1), cmap="gray", vmin=-1, vmax=1)
-    ax.set_title(name, fontsize=9)
+    ax.set_title(name, fontsize="medium")
     ax.axis("off")
 fig.tight_layout()
 
@@ -523,7 +523,7 @@ ax.loglog(kk, S.model_variance(torch.ones(len(kk), dtype=torch.float64), kk, var
           label=r"$\tilde\beta_k$")
 ax.set_xlabel("DDPM step k (k = 0 is the data)")
 ax.set_ylabel(r"$\sigma_k^2$")
-ax.legend(fontsize=8)
+ax.legend(fontsize="small")
 fig.tight_layout()
 
 # %% [markdown]
@@ -581,7 +581,7 @@ for name in ("VAE alone", "VAE + refiner"):
 fig, axes = plt.subplots(2, 1, figsize=(8, 2.4))
 for ax, xs, name in ((axes[0], y_gen, "VAE samples"), (axes[1], x_ref, "refined by the diffusion model")):
     ax.imshow(torch.cat(list(xs[:16].clamp(-1, 1).squeeze(1)), dim=1), cmap="gray", vmin=-1, vmax=1)
-    ax.set_title(name, fontsize=9)
+    ax.set_title(name, fontsize="medium")
     ax.axis("off")
 fig.tight_layout()
 

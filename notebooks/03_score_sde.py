@@ -172,9 +172,9 @@ for name, sde in SDES.items():
     axes[1].semilogy(tt, sde.path.sigma(t_ok), label=name)
     axes[2].semilogy(tt, sde.diffusion(t_ok) ** 2, label=name)
 for ax, title in zip(axes, ["alpha(t) (mean coefficient)", "sigma(t) (marginal std)", "g(t)² (diffusion)"]):
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize="medium")
     ax.set_xlabel("t (0 noise, 1 data)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize="small")
 fig.tight_layout()
 
 # %%
@@ -244,8 +244,8 @@ for name in ("vp", "subvp"):
     t_grid = torch.linspace(0, SDES[name].t_max, 400, dtype=torch.float64)
     ax.semilogy(t_grid, q.density(t_grid), label=f"{name}: q(t) ∝ g²/σ², Z = {q.z:.2f}")
 ax.set_xlabel("t")
-ax.set_title("likelihood-weighting time sampler", fontsize=9)
-ax.legend(fontsize=7)
+ax.set_title("likelihood-weighting time sampler", fontsize="medium")
+ax.legend(fontsize="small")
 fig.tight_layout()
 
 # %% [markdown]
@@ -607,7 +607,7 @@ for ax, smp in zip(axes, SAMPLERS):
     grid = img_samples[smp][:64].view(8, 8, image_size, image_size).permute(0, 2, 1, 3).reshape(
         8 * image_size, 8 * image_size)
     ax.imshow(grid, cmap="gray", vmin=-1, vmax=1)
-    ax.set_title(f"{smp}: FD/floor {img_metrics[smp]['fd'] / floor['fd']:.2f}", fontsize=9)
+    ax.set_title(f"{smp}: FD/floor {img_metrics[smp]['fd'] / floor['fd']:.2f}", fontsize="medium")
     ax.axis("off")
 fig.tight_layout()
 

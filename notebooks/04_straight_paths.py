@@ -322,8 +322,8 @@ for name, r in w2.items():
     ax.plot(ks, [r[f"euler{k}"] for k in ks], "o-", label=name)
 ax.axhline(floor_2d, color="k", ls=":", lw=1, label="two data samples")
 ax.set(xscale="log", yscale="log", xlabel="Euler steps", ylabel="W2² to moons")
-ax.legend(fontsize=8)
-ax.set_title("reflow: sample quality against steps", fontsize=9)
+ax.legend(fontsize="small")
+ax.set_title("reflow: sample quality against steps", fontsize="medium")
 fig.tight_layout()
 
 # %%
@@ -420,8 +420,8 @@ fig, ax = plt.subplots(figsize=(4.8, 3.2))
 for name, r in rd_w2.items():
     ax.plot([1, 2, 4, 100], [r[f"ddim{k}"] for k in (1, 2, 4, 100)], "o-", label=name)
 ax.set(xscale="log", yscale="log", xlabel="DDIM steps", ylabel="W2² to moons")
-ax.legend(fontsize=8)
-ax.set_title("Rectified Diffusion on N(0, I) → moons", fontsize=9)
+ax.legend(fontsize="small")
+ax.set_title("Rectified Diffusion on N(0, I) → moons", fontsize="medium")
 fig.tight_layout()
 
 # %%
@@ -458,7 +458,7 @@ ax.plot(tt, ln, label="logit-normal (0, 1)")
 for s in (1.29, -0.5):
     ax.plot(tt, mode_time_density(tt, s), label=f"mode, s = {s}")
 ax.set(xlabel="t", ylabel="density")
-ax.legend(fontsize=8)
+ax.legend(fontsize="small")
 fig.tight_layout()
 
 # %%
@@ -544,7 +544,7 @@ for row, nname in zip(axes, nets):
         grid = digit_samples[nname, sname][:32, 0].reshape(4, 8, 8, 8).permute(0, 2, 1, 3).reshape(32, 64)
         ax.imshow(grid, cmap="gray_r", vmin=-1, vmax=1)
         ax.set_title(f"{nname}, {sname}: FD {fd_summary[nname, sname, fd_steps[-1]][0]:.1f} "
-                     f"({fd_steps[-1]} steps)", fontsize=8)
+                     f"({fd_steps[-1]} steps)", fontsize="small")
         ax.axis("off")
     ax = row[3]
     for j, sname in enumerate(samplers):
@@ -553,9 +553,9 @@ for row, nname in zip(axes, nets):
             ax.plot([j + 0.15 * k_i] * len(vals), vals, "o", color=f"C{k_i}", ms=4,
                     label=f"{k} Euler steps" if j == 0 else None)
     ax.axhline(floor_fd, color="k", ls=":", lw=1, label="real vs real")
-    ax.set_xticks(range(len(samplers)), list(samplers), fontsize=8)
+    ax.set_xticks(range(len(samplers)), list(samplers), fontsize="small")
     ax.set(ylabel="FD (each seed)", title=f"{nname}: FD per seed")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize="small")
 fig.tight_layout()
 
 # %% [markdown]

@@ -294,8 +294,8 @@ for pair in PAIRS:
     ax.set_xlabel("eps")
     ax.set_ylabel("W2² to data")
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=6)
-    fig.suptitle(f"{pair}: one interpolant, a family of samplers", fontsize=10)
+    ax.legend(fontsize="x-small")
+    fig.suptitle(f"{pair}: one interpolant, a family of samplers", fontsize="large")
     fig.tight_layout()
 
 # %% [markdown]
@@ -410,7 +410,7 @@ for eps in robust_eps:
                      label=f"eps = {eps}" + (" (ODE)" if eps == 0 else ""))
 axes[0].set_xlabel("perturbation level (RMS)")
 axes[0].set_ylabel("W2² to data")
-axes[0].legend(fontsize=7)
+axes[0].legend(fontsize="small")
 for ax, eps in zip(axes[1:], robust_eps):
     scatter(ax, samples["robust", eps], s=1, lim=7,
             title=f"eps = {eps}, level {perturb_levels[-1]}")
@@ -518,15 +518,15 @@ for tt, c in zip((0.2, 0.5, 0.8), ("C0", "C1", "C2")):
     axes[0].plot(xs, p / p.max(), color=c, lw=1, ls=":")
     axes[0].plot(xs, gm.jump_rate(cond, xs, tt) * (1 - tt) / 10, color=c, label=f"t = {tt}")
 axes[0].set_ylim(0, 1.1)
-axes[0].set_title(f"CondOT, z = {z_cond}: rate (1-t) λ/10 (solid), p_t (dotted)", fontsize=8)
-axes[0].legend(fontsize=7)
+axes[0].set_title(f"CondOT, z = {z_cond}: rate (1-t) λ/10 (solid), p_t (dotted)", fontsize="small")
+axes[0].legend(fontsize="small")
 traj_gen = torch.Generator().manual_seed(seed + 4100)
 x0_few = torch.randn(12, generator=traj_gen, dtype=torch.float64)
 tgrid = torch.linspace(0, 1, steps_1d + 1)
 for ax, (proc, w) in zip(axes[1:], (("flow", 1.0), ("jump", 0.0))):
     tr = gm.simulate(mix, x0_few, steps_1d, traj_gen, w_flow=w, return_trajectory=True)
     ax.plot(tgrid, tr, lw=0.8, drawstyle="default" if w == 1 else "steps-post")
-    ax.set_title(f"mixture target: {proc} paths", fontsize=9)
+    ax.set_title(f"mixture target: {proc} paths", fontsize="medium")
     ax.set_xlabel("t")
 fig.tight_layout()
 
@@ -541,8 +541,8 @@ for ax, (name, path, t_end) in zip(axes, (("cond", cond, t_cond), ("mix", mix, 1
             ax.hist(gm_x[name, proc].numpy(), bins=60, range=(lo, hi), density=True,
                     histtype="step", lw=1, label=proc)
     ax.set_title(f"{'p_t(x | z), t = 0.9' if name == 'cond' else 'mixture target, t = 1'}",
-                 fontsize=9)
-    ax.legend(fontsize=6)
+                 fontsize="medium")
+    ax.legend(fontsize="x-small")
 fig.tight_layout()
 
 # %% [markdown]

@@ -183,8 +183,8 @@ for ax, n in zip(axes, (2, 64)):
                                                                       sigma, D)
         ax.plot(torch.log10(u), (logp.exp() * R * math.log(10)).numpy(), color=f"C{i}", label=name(D))
     ax.set_xlabel(r"$\log_{10}\,R/(\sigma\sqrt{N})$")
-    ax.set_title(f"N = {n}: radius of x - y, r = sigma sqrt(D)", fontsize=9)
-    ax.legend(fontsize=8)
+    ax.set_title(f"N = {n}: radius of x - y, r = sigma sqrt(D)", fontsize="medium")
+    ax.legend(fontsize="small")
 fig.tight_layout()
 
 # %% [markdown]
@@ -235,7 +235,7 @@ for ax, D in zip(axes, (2, INF)):
     ax.set_xlim(-8, 8)
     ax.set_ylim(-8, 8)
     ax.set_aspect("equal")
-    ax.set_title(f"{name(D)}: exact-denoiser ODE from sigma = 20", fontsize=9)
+    ax.set_title(f"{name(D)}: exact-denoiser ODE from sigma = 20", fontsize="medium")
 fig.tight_layout()
 print("median distance of the ODE's end points to the nearest data point: "
       + ", ".join(f"{name(D)} {v:.4f}" for D, v in exact_landing.items()))
@@ -356,7 +356,7 @@ axes[1].set(xlabel="NFE", ylabel="W2² to data", xscale="log", yscale="log", tit
 axes[2].set(xlabel=r"state noise $\alpha$", ylabel="share on the board", title="samples on the black cells")
 for ax in axes:
     ax.axhline(floor_2d, color="gray", ls=":", lw=1) if ax is not axes[2] else None
-    ax.legend(fontsize=8)
+    ax.legend(fontsize="small")
     ax.title.set_fontsize(9)
 fig.tight_layout()
 
@@ -451,7 +451,7 @@ titles = ["held-out digits"] + [f"{name(D)}, FD {fd_mean(D, 0.0):.1f}" for D in 
 for ax, imgs, title in zip(axes, show, titles):
     tiles = imgs.view(4, 8, 8, 8).permute(0, 2, 1, 3).reshape(32, 64)
     ax.imshow(tiles.numpy(), cmap="gray_r", vmin=-1, vmax=1)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize="medium")
     ax.axis("off")
 fig.tight_layout()
 

@@ -116,15 +116,31 @@ def train(model: torch.nn.Module, loss_fn: Callable, sample_batch: Callable, *, 
           per_t_bins: int = 0, progress: bool = True, checkpoint: str | Path | None = None,
           checkpoint_every: int = 0, device: torch.device | str | None = None,
           check_every: int = 50, lr_schedule: str | None = None, warmup: int = 100) -> TrainResult:
-    """Train ``model`` for ``steps`` Adam steps (or with ``optimizer``).
+    """Train ``model`` for ``steps`` Adam steps (or with ``optimizer``) and return a
+    ``TrainResult`` (the model in eval mode, its EMA copy or None, the loss every step, the
+    per-t curve, wall time and ms per step of this call).
+
+    The contract, each step:
+
+    - ``sample_batch(generator)`` returns a tuple (or list) of tensors, e.g. ``(x0, x1)`` or
+      ``(x1,)``; each is moved to ``device``. Draw every random number from ``generator`` (the
+      run's one ``torch.Generator``, seeded by ``seed`` and checkpointed).
+    - ``loss_fn(model, *batch, generator=generator, per_sample=bool)`` returns a
+      ``recipe.results.LossResult`` (or any ``(loss, per_sample, t)`` triple): the scalar loss
+      to differentiate and, when ``per_sample`` is True (``per_t_bins > 0``), the detached (B,)
+      per-sample losses and their times t (B,); otherwise those may be None.
+
+    There are no callbacks: to evaluate during training, call ``train`` again with the same
+    ``checkpoint`` and a larger ``steps`` — resume is exact (model, optimizer, EMA, generator
+    state, the losses so far), so ``steps=1000`` then ``steps=2000`` gives the weights of one
+    2000-step run, with an evaluation in between. ``progress`` shows a tqdm bar.
 
     ``lr_schedule="cosine"`` sets the learning rate of step n to ``cosine_lr(n, steps, lr,
     warmup)`` (a function of the step, so a resumed run follows the same schedule); None keeps
-    ``lr`` constant.
-
-    With ``checkpoint`` set, a checkpoint is written every ``checkpoint_every``
-    steps and at the end, and an existing one is resumed from.
-    A non-finite loss raises ``FloatingPointError`` (checked every ``check_every`` steps).
+    ``lr`` constant. ``ema_decay`` keeps an exponential moving average of the weights;
+    ``grad_clip`` clips the gradient norm. With ``checkpoint`` set, a checkpoint is written
+    atomically every ``checkpoint_every`` steps and at the end, and an existing one is resumed
+    from. A non-finite loss raises ``FloatingPointError`` (checked every ``check_every`` steps).
     """
     if steps < 0 or not 0 < lr < math.inf:  # written so that NaN is refused too
         raise ValueError(f"need steps >= 0 and 0 < lr < inf, got {steps}, {lr}")

@@ -156,8 +156,29 @@ def test_chapter_renders_offline(offline_page, site_url, rel):
 
     rows = page.locator("table.minigen-results tbody tr")
     assert rows.count() >= 1, f"{rel}: no results table (table.minigen-results) with rows"
+    assert page.locator("details.minigen-results table.minigen-results").count() >= 1, \
+        f"{rel}: the full results table is not folded in a <details>"
+
+    text = page.locator("article").inner_text()
+    assert "NBVAL_" not in text, f"{rel}: a test marker is visible"
+    assert "# Parameters" not in text, f"{rel}: papermill's injected-parameters cell is visible"
+    if quick_build(rel):
+        assert "quick-mode" in text, f"{rel}: a quick-mode page without the banner"
+    wide = page.evaluate(
+        "() => Array.from(document.querySelectorAll('article div.cell pre'))"
+        ".filter(p => p.offsetParent !== null && p.scrollWidth > p.clientWidth + 1).length")
+    assert wide == 0, f"{rel}: {wide} code block(s) scroll sideways"
 
     assert not page.blocked, f"{rel}: requests to the network were blocked: {page.blocked}"
+
+
+def quick_build(rel: str) -> bool:
+    """The executed notebook behind a chapter page ran in quick mode (papermill's record)."""
+    import json
+
+    nb = BOOK / "notebooks" / (Path(rel).with_suffix(".ipynb").name)
+    meta = json.loads(nb.read_text()).get("metadata", {}) if nb.is_file() else {}
+    return bool(meta.get("papermill", {}).get("parameters", {}).get("quick"))
 
 
 REMOTE_TAG = re.compile(

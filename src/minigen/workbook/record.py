@@ -223,12 +223,15 @@ class ResultsTable:
                         for k, v in metrics.items()}
 
     def _repr_html_(self) -> str:
+        """The table folded in a ``<details>`` (it runs to 100+ rows): a click shows it."""
         rows = "".join(
             f"<tr><td>{html.escape(k)}</td><td>{format_value(m['value'])}</td>"
             f"<td>{html.escape(m['unit'])}</td><td>{m['better']}</td></tr>"
             for k, m in self.metrics.items())
-        return ('<table class="minigen-results"><thead><tr><th>metric</th><th>value</th>'
-                f"<th>unit</th><th>better</th></tr></thead><tbody>{rows}</tbody></table>")
+        return (f'<details class="minigen-results"><summary>All {len(self.metrics)} figures of '
+                'merit (click to show)</summary><table class="minigen-results"><thead><tr>'
+                "<th>metric</th><th>value</th><th>unit</th><th>better</th></tr></thead>"
+                f"<tbody>{rows}</tbody></table></details>")
 
     def __repr__(self) -> str:
         w = max((len(k) for k in self.metrics), default=6)

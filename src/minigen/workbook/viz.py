@@ -1,13 +1,27 @@
 """Plots for the notebooks: samples, densities, trajectories, vector fields,
-an animation that works in the static book, and the source of a package function."""
+an animation that works in the static book, and the source of a package function.
+
+Importing this module sets the workbook's figure style (``PAGE_STYLE``): the book's text column
+is about 850 px wide and the widest figures are 12-13 inches, so text is sized for the page,
+and every size in the notebooks is relative ("small", "medium") to it.
+"""
 
 from __future__ import annotations
 
 import inspect
+import re
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+
+# Font sizes in points at the inline backend's 100 dpi. The widest figures (12-13 inches) show at
+# about 0.6 of their size in the book's 850 px column: a title (12 pt = 16.7 px) is ~10 px on the
+# page there and 13+ px on the 6-inch ones; legends ("small", 10 pt) ~8.5 px at worst.
+PAGE_STYLE = {"font.size": 12, "axes.titlesize": "medium", "axes.labelsize": "medium",
+              "xtick.labelsize": 10, "ytick.labelsize": 10, "legend.fontsize": "small",
+              "figure.titlesize": "large", "figure.dpi": 100}
+plt.rcParams.update(PAGE_STYLE)
 
 
 def _np(x):
@@ -20,7 +34,7 @@ def scatter(ax, x, title: str = "", s: float = 1.0, color: str = "C0", lim: floa
     x = _np(x)
     ax.scatter(x[:, 0], x[:, 1], s=s, c=color, alpha=alpha, linewidths=0)
     _square(ax, lim)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize="medium")
     return ax
 
 
@@ -29,7 +43,7 @@ def density(ax, x, bins: int = 100, lim: float = 6.0, title: str = ""):
     x = _np(x)
     ax.hist2d(x[:, 0], x[:, 1], bins=bins, range=[[-lim, lim], [-lim, lim]], cmap="viridis")
     _square(ax, lim)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize="medium")
     return ax
 
 
@@ -41,7 +55,7 @@ def log_density_image(ax, log_p_fn, lim: float = 4.5, n: int = 100, title: str =
     dens = torch.exp(log_p_fn(pts)).reshape(n, n)
     ax.imshow(_np(dens), extent=[-lim, lim, -lim, lim], origin="lower", cmap="viridis",
               vmin=vmin)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize="medium")
     ax.set_xticks([]), ax.set_yticks([])
     return ax
 
@@ -53,7 +67,7 @@ def trajectories(ax, traj, n: int = 200, lim: float | None = 6.0, title: str = "
     ax.scatter(tr[0, :, 0], tr[0, :, 1], s=3, c="black", zorder=3)
     ax.scatter(tr[-1, :, 0], tr[-1, :, 1], s=3, c="C0", zorder=3)
     _square(ax, lim)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize="medium")
     return ax
 
 
@@ -68,7 +82,7 @@ def vector_field(ax, v, t: float, lim: float = 6.0, n: int = 20, title: str = ""
     ax.quiver(_np(pts[:, 0]), _np(pts[:, 1]), vel[:, 0], vel[:, 1], speed, cmap="coolwarm",
               angles="xy", scale_units="xy", scale=4.0, width=0.004)
     _square(ax, lim)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize="medium")
     return ax
 
 
@@ -80,7 +94,7 @@ def time_slices(traj, times, k: int = 6, lim: float = 6.0, title: str = ""):
     for ax, i in zip(axes, idx):
         scatter(ax, traj[i], title=f"t = {float(times[i]):.2f}", lim=lim)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize="large")
     fig.tight_layout()
     return fig
 
@@ -108,7 +122,23 @@ def animation_html(traj, times, lim: float = 6.0, frames: int = 21, interval: in
     anim = animation.FuncAnimation(fig, draw, frames=len(idx), interval=interval)
     out = anim.to_jshtml(default_mode="once")
     plt.close(fig)
-    return out
+    return offline_player(out)
+
+
+# matplotlib's jshtml player draws its buttons with Font Awesome from a CDN; text symbols instead.
+_PLAYER_ICONS = {"fa-minus": "&minus;", "fa-fast-backward": "&#x23EE;", "fa-step-backward": "&#x23F4;|",
+                 "fa-play fa-flip-horizontal": "&#x25C0;", "fa-pause": "&#x23F8;",
+                 "fa-play": "&#x25B6;", "fa-step-forward": "|&#x23F5;",
+                 "fa-fast-forward": "&#x23ED;", "fa-plus": "+"}
+
+
+def offline_player(html: str) -> str:
+    """The jshtml player with no network reference: the Font Awesome stylesheet link removed and
+    each icon replaced by a text symbol, so the buttons show offline (site, Lab, file://)."""
+    html = re.sub(r"<link[^>]*font-awesome[^>]*>", "", html, flags=re.S)
+    for cls, symbol in _PLAYER_ICONS.items():
+        html = html.replace(f'<i class="fa {cls}"></i>', symbol)
+    return html
 
 
 def show_source(obj):
