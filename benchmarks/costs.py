@@ -63,7 +63,8 @@ def main() -> int:
             return 1
     disk = {p: du_mib(clone / p) for p in (".venv", "build", "book/_build")}
     disk["clone total"] = du_mib(clone)
-    out = {"commit": sha, "machine": machine(), "wall_s": steps, "disk_mib": disk}
+    out = {"commit": sha, "machine": machine(), "wall_s": steps, "disk_mib": disk,
+           "pip_find_links": os.environ.get("PIP_FIND_LINKS", "")}
     shutil.rmtree(clone, ignore_errors=True)
     if args.write:
         (ROOT / "results" / "costs.json").write_text(json.dumps(out, indent=2) + "\n")

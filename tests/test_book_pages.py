@@ -57,3 +57,23 @@ def test_the_animation_player_loads_nothing_from_the_network():
     html = animation_html(traj, torch.linspace(0, 1, 5), frames=3)
     assert not re.search(r"https?://|//cdn|font-awesome", html), "a network reference is left"
     assert 'class="fa' not in html and html.count("<button") >= 9  # buttons, with text symbols
+    import html as html_lib
+
+    labels = [html_lib.unescape(b).strip() for b in re.findall(r"<button[^>]*>(.*?)</button>", html, re.S)]
+    assert len(labels) >= 9 and all(labels), f"a player button has no label: {labels}"
+    # U+2300-23FF (the media symbols) is missing from common fonts: the button would be a box.
+    assert not [c for label in labels for c in label if 0x2300 <= ord(c) < 0x2400], labels
+
+
+def test_figure_titles_are_readable_on_the_page():
+    """viz's style (set on import): on the widest figures the notebooks make (13 inches, shown
+    at most 688 px wide in a 1280 px window) a title is at least 10 px, ticks at least 8.5 px."""
+    import matplotlib.pyplot as plt
+    from matplotlib.font_manager import FontProperties
+
+    import minigen.workbook.viz  # noqa: F401
+
+    px_per_inch = 688 / 13.0
+    size = lambda key: FontProperties(size=plt.rcParams[key]).get_size_in_points() / 72 * px_per_inch
+    assert size("axes.titlesize") >= 10
+    assert min(size("xtick.labelsize"), size("ytick.labelsize"), size("legend.fontsize")) >= 8.5

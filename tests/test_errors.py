@@ -168,9 +168,11 @@ def _choice_cases():
     """(call with a bad name, the valid choices) for every name-taking entry point; each choice
     list is the one the code looks names up in, so a message that omits one fails."""
     from minigen.diffusion import ddpm, score_matching
+    from minigen.eval import fd
     from minigen.nets import mlp
     from minigen.recipe import gamma, likelihood
     from minigen.recipe.sde import VPSDE
+    from minigen.train import train
     from minigen.transport import generator_matching as gm
 
     gm_path = gm.MixturePath1D(torch.tensor([0.5, 0.5]), torch.tensor([-1.0, 1.0]),
@@ -181,7 +183,9 @@ def _choice_cases():
         ("prediction", lambda: paths.LinearPath().convert(X, X, T, "velocity", "noise"),
          paths.PREDICTIONS),
         ("regression target", lambda: objectives.CFM(paths.LinearPath(), prediction="score"),
-         ("velocity", "x1", "epsilon")),
+         objectives.REGRESSION_TARGETS),
+        ("regression_target", lambda: objectives.regression_target(None, "score"),
+         objectives.REGRESSION_TARGETS),
         ("time sampler", lambda: time_samplers.sample_time(4, torch.Generator(), "beta"),
          time_samplers.TIME_SAMPLERS),
         ("CFM variant", lambda: objectives.cfm_variant("rf"), objectives.CFM_VARIANTS),
@@ -191,6 +195,16 @@ def _choice_cases():
         ("gamma", lambda: gamma.make_gamma("cubic"), sorted(gamma.GAMMAS)),
         ("weighting", lambda: score_matching.DenoisingScoreMatching(
             VPSDE(paths.VPCosinePath()), weighting="flat"), score_matching.WEIGHTINGS),
+        ("dsm_weight", lambda: score_matching.dsm_weight(VPSDE(), T, "flat"),
+         score_matching.WEIGHTINGS),
+        ("DDPM loss kind", lambda: ddpm.DDPMLoss(ddpm.DDPMSchedule(), kind="hybrid"),
+         ("simple", "vlb")),
+        ("likelihood solver", lambda: likelihood.log_likelihood(
+            lambda x, t: x, X, lambda x: x.sum(1), method="dopri5"), tuple(solvers.FIXED_STEP)),
+        ("lr schedule", lambda: train(torch.nn.Linear(2, 2), None, None, steps=1,
+                                      lr_schedule="step"), ("None", "cosine")),
+        ("MNIST split", lambda: fd.real_mnist_images("val"), ("train", "test")),
+        ("metric direction", lambda: record.metric(1.0, better="up"), ("lower", "higher")),
         ("DDPM variance", lambda: ddpm.DDPMSchedule().model_variance(
             X, torch.tensor([5] * 4), variance="fixed"), ddpm.VARIANCES),
         ("divergence estimator", lambda: likelihood.log_likelihood(
@@ -201,6 +215,8 @@ def _choice_cases():
     if gm_path is not None:
         cases.append(("jump", lambda: gm.jump_rate(gm_path, torch.zeros(3), 0.5, jump="x"),
                       gm.JUMPS))
+        cases.append(("jump destination", lambda: gm.jump_destinations(
+            gm_path, torch.zeros(3), 0.5, torch.Generator(), jump="x", n_grid=11), gm.JUMPS))
     return cases
 
 

@@ -169,7 +169,7 @@ def test_record_writes_the_design_json_format(tmp_path, monkeypatch):
     assert not list(tmp_path.rglob("*.tmp"))  # written atomically
     out = json.loads(path.read_text())
     assert list(out) == ["chapter", "mode", "seed", "git_sha", "torch", "versions", "device",
-                         "threads", "machine", "wall_s", "metrics"]
+                         "threads", "machine", "inputs", "wall_s", "metrics"]
     assert set(out["machine"]) == {"cpu", "cores", "ram_gib"}
     assert out["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert set(out["versions"]) == {"python", "torch", "numpy", "scipy", "pot"}

@@ -236,3 +236,36 @@ def test_quick_results_are_never_recorded(capsys):
     with pytest.raises(SystemExit):
         reproduce.main(["--quick", "--record", "--no-run"])
     assert "quick results stay in build/" in capsys.readouterr().err
+
+
+def test_a_full_run_reuses_chapters_whose_inputs_are_unchanged(tiny_repo, capsys):
+    """The second full run executes nothing; an edit to the chapter reruns it; --force reruns."""
+    assert reproduce.main(["99", "--jobs", "1"]) == 0
+    first = (tiny_repo / "build/executed/99_tiny.ipynb").read_bytes()
+    capsys.readouterr()
+    assert reproduce.main(["99", "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "reusing 99_tiny" in out and "notebook(s), mode=" not in out
+    assert (tiny_repo / "build/executed/99_tiny.ipynb").read_bytes() == first
+    assert reproduce.main(["99", "--jobs", "1", "--force"]) == 0
+    assert "reusing" not in capsys.readouterr().out
+    (tiny_repo / "notebooks" / "99_tiny.py").write_text(TINY_CHAPTER + "\n# an edit\n")
+    assert reproduce.main(["99", "--jobs", "1"]) == 0
+    assert "reusing" not in capsys.readouterr().out
+    assert reproduce.main(["99", "--quick", "--jobs", "1"]) == 0  # a quick copy replaces it
+    capsys.readouterr()
+    assert reproduce.main(["99", "--jobs", "1"]) == 0
+    assert "reusing" not in capsys.readouterr().out  # ... and is never taken for a full one
+
+
+def test_stale_lists_results_made_from_other_inputs(tiny_repo, capsys):
+    assert reproduce.main(["--stale"]) == 0
+    assert "99_tiny: no inputs key recorded" in capsys.readouterr().out
+    git(tiny_repo, "commit", "-qam", "x", "--allow-empty")
+    assert reproduce.main(["99", "--record", "--jobs", "1"]) == 0
+    capsys.readouterr()
+    assert reproduce.main(["--stale"]) == 0
+    assert "0 of 1 chapter(s)" in capsys.readouterr().out
+    (tiny_repo / "notebooks" / "99_tiny.py").write_text(TINY_CHAPTER + "\n# an edit\n")
+    assert reproduce.main(["--stale"]) == 0
+    assert "99_tiny: inputs changed since commit" in capsys.readouterr().out

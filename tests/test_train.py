@@ -268,3 +268,32 @@ def test_train_follows_the_cosine_schedule():
     with pytest.raises(ValueError, match="lr_schedule"):
         train(net, loss_fn, lambda g: (torch.randn(8, 2, generator=g),), steps=1, lr_schedule="step",
               progress=False, device="cpu")
+
+
+@pytest.mark.parametrize("bins", [0, 3])
+def test_the_call_contract_of_sample_batch_and_loss_fn(bins):
+    """As the docstring states: sample_batch(generator) may return a list; loss_fn gets the model,
+    the batch unpacked, the same generator and ``per_sample=per_t_bins > 0``, and may return a
+    plain (loss, per_sample, t) triple; the result has the model in eval mode, no EMA copy
+    without ``ema_decay``, one loss per step."""
+    torch.manual_seed(0)
+    net, seen = torch.nn.Linear(2, 1), []
+
+    def sample_batch(g):
+        seen.append(("batch", g))
+        return [torch.randn(8, 2, generator=g), torch.rand(8, generator=g)]
+
+    def loss_fn(model, x, t, *, generator, per_sample):
+        seen.append(("loss", model, generator, per_sample))
+        per = model(x).pow(2).squeeze(1)
+        return per.mean(), per.detach() if per_sample else None, t if per_sample else None
+
+    out = train(net, loss_fn, sample_batch, steps=5, progress=False, device="cpu", per_t_bins=bins)
+    gens = {id(s[1]) for s in seen if s[0] == "batch"} | {id(s[2]) for s in seen if s[0] == "loss"}
+    assert len(seen) == 10 and len(gens) == 1 and isinstance(seen[0][1], torch.Generator)
+    assert all(s[1] is net and s[3] is (bins > 0) for s in seen if s[0] == "loss")
+    assert out.model is net and not net.training and out.ema is None
+    assert len(out.losses) == 5 and out.steps_run == 5
+    assert (out.per_t is None) == (bins == 0)
+    if bins:
+        assert out.per_t[0].shape == (bins,) and torch.isfinite(out.per_t[1]).all()

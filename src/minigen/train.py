@@ -133,12 +133,15 @@ def train(model: torch.nn.Module, loss_fn: Callable, sample_batch: Callable, *, 
     There are no callbacks: to evaluate during training, call ``train`` again with the same
     ``checkpoint`` and a larger ``steps`` — resume is exact (model, optimizer, EMA, generator
     state, the losses so far), so ``steps=1000`` then ``steps=2000`` gives the weights of one
-    2000-step run, with an evaluation in between. ``progress`` shows a tqdm bar.
+    2000-step run, with an evaluation in between (with a constant ``lr``: the cosine schedule
+    is a function of ``steps`` as well, so a cosine run resumes exactly only to the same
+    ``steps``). ``progress`` shows a tqdm bar.
 
     ``lr_schedule="cosine"`` sets the learning rate of step n to ``cosine_lr(n, steps, lr,
     warmup)`` (a function of the step, so a resumed run follows the same schedule); None keeps
-    ``lr`` constant. ``ema_decay`` keeps an exponential moving average of the weights;
-    ``grad_clip`` clips the gradient norm. With ``checkpoint`` set, a checkpoint is written
+    ``lr`` constant. ``ema_decay`` keeps an ``EMA`` copy of the weights (with its warm-up),
+    updated after every optimizer step and returned as ``TrainResult.ema``; ``grad_clip`` clips
+    the gradient norm. With ``checkpoint`` set, a checkpoint is written
     atomically every ``checkpoint_every`` steps and at the end, and an existing one is resumed
     from. A non-finite loss raises ``FloatingPointError`` (checked every ``check_every`` steps).
     """

@@ -3,6 +3,7 @@
 Schrödinger-bridge CFM, Tong et al., 2024). gamma(0) = gamma(1) = 0. Each schedule is a
 callable gamma(t) with ``deriv`` gamma'(t) and ``t_eps``, the distance from the ends where
 gamma' is singular (0 when it is bounded); ``paths.Interpolant`` adds one to any path.
+gamma(t) and gamma'(t) reject t outside [0, 1] (``broadcast.time_checked_methods``).
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import math
 
 import torch
 
+from minigen.broadcast import time_checked_methods
+
 Tensor = torch.Tensor
 
 
+@time_checked_methods
 class ZeroGamma:
     """gamma(t) = 0: a deterministic interpolant (flow matching, rectified flow)."""
 
@@ -22,6 +26,7 @@ class ZeroGamma:
     def __call__(self, t: Tensor) -> Tensor: return torch.zeros_like(t)
     def deriv(self, t: Tensor) -> Tensor: return torch.zeros_like(t)
 
+@time_checked_methods
 class BrownianGamma:
     """gamma(t) = a sqrt(t (1 - t)), the Brownian-bridge scale (Albergo et al., 2023;
     a = sqrt(a') for their sqrt(a' t(1-t))). gamma' = a (1 - 2t) / (2 sqrt(t(1-t))) is
@@ -41,6 +46,7 @@ class BrownianGamma:
         t = t.clamp(self.t_eps, 1 - self.t_eps)
         return self.a * (1 - 2 * t) / (2 * torch.sqrt(t * (1 - t)))
 
+@time_checked_methods
 class SineSquaredGamma:
     """gamma(t) = a sin²(pi t): zero with zero slope at both ends, so gamma' is bounded."""
 

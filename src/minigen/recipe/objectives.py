@@ -25,10 +25,11 @@ from minigen.recipe.time_samplers import check_time_sampler, sample_time
 from minigen.recipe.wrappers import converted
 
 Tensor = torch.Tensor
+REGRESSION_TARGETS = ("velocity", "x1", "epsilon")  # the prediction types CFM regresses onto
 
 
 def regression_target(ps: PathSample, prediction: str) -> Tensor:
-    """What the network regresses onto for a prediction type."""
+    """What the network regresses onto for a prediction type (``REGRESSION_TARGETS``)."""
     if prediction == "velocity":
         return ps.dxt
     if prediction == "x1":
@@ -36,7 +37,7 @@ def regression_target(ps: PathSample, prediction: str) -> Tensor:
     if prediction == "epsilon":
         return ps.x0
     raise ValueError(f"unknown prediction type {prediction!r} for regression; "
-                     "choose velocity, x1 or epsilon")
+                     f"choose from {REGRESSION_TARGETS}")
 
 @dataclass
 class CFM:
@@ -60,8 +61,9 @@ class CFM:
     name: str = field(default="cfm")
 
     def __post_init__(self):
-        if self.prediction not in ("velocity", "x1", "epsilon"):
-            raise ValueError(f"unknown prediction type {self.prediction!r}; choose velocity, x1, epsilon")
+        if self.prediction not in REGRESSION_TARGETS:
+            raise ValueError(f"unknown prediction type {self.prediction!r}; "
+                             f"choose from {REGRESSION_TARGETS}")
         if self.prediction == "epsilon" and not self.path.source_is_gaussian:
             raise ValueError("epsilon prediction needs a N(0, I) source")
         check_time_sampler(self.time_sampler, self.time_loc, self.time_scale)

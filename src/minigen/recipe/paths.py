@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minigen.broadcast import check_time, expand_t, time_checked
+from minigen.broadcast import expand_t, time_checked_methods
 from minigen.recipe.gamma import BrownianGamma, ZeroGamma
 
 Tensor = torch.Tensor
@@ -55,11 +55,10 @@ class GaussianPath:
     t_min, t_max = 0.0, 1.0  # where the schedule's derivatives are finite
 
     def __init_subclass__(cls, **kwargs):
-        """Every schedule method a path defines rejects t outside [0, 1] (broadcast.check_time)."""
+        """Every method a path defines that takes t (schedules, ``sample``, the conversions)
+        rejects t outside [0, 1]: ``broadcast.time_checked``, one check per outermost call."""
         super().__init_subclass__(**kwargs)
-        for name in ("alpha", "sigma", "d_alpha", "d_sigma", "gamma", "d_gamma", "beta"):
-            if callable(fn := cls.__dict__.get(name)) and not getattr(fn, "time_checked", False):
-                setattr(cls, name, time_checked(fn))
+        time_checked_methods(cls)
 
     def __init__(self, source_is_gaussian: bool = True):
         self.source_is_gaussian = source_is_gaussian
@@ -198,6 +197,7 @@ class GaussianPath:
         return f"{type(self).__name__}(source_is_gaussian={self.source_is_gaussian})"
 
 
+time_checked_methods(GaussianPath)  # its sample and conversions; subclasses: __init_subclass__
 PREDICTIONS = ("velocity", "x1", "epsilon", "score")
 
 
@@ -216,7 +216,6 @@ class LinearPath(GaussianPath):
         """x_t = t x1 + (1 - t) x0, dx_t/dt = x1 - x0: constants folded in (every training step)."""
         if self.has_bridge_noise or x0.shape != x1.shape:
             return super().sample(x0, x1, t, z)
-        check_time(t, type(self).__name__, "sample")
         tt = expand_t(t, x1)
         return PathSample(t=t, x0=x0, x1=x1, xt=tt * x1 + (1 - tt) * x0, dxt=x1 - x0, z=z)
 
@@ -349,9 +348,7 @@ class Interpolant(GaussianPath):
 
     def sample(self, x0: Tensor, x1: Tensor, t: Tensor, z: Tensor | None = None) -> PathSample:
         """x_t and its velocity alpha' x1 + sigma' x0 + gamma' z; t (B,) or scalar in [0, 1]."""
-        t = torch.as_tensor(t)
-        if t.numel() and (t.min() < 0 or t.max() > 1):
-            raise ValueError(f"t must lie in [0, 1], got range [{float(t.min())}, {float(t.max())}]")
+        t = torch.as_tensor(t)  # t is checked by time_checked (GaussianPath.__init_subclass__)
         if x0.shape != x1.shape:
             raise ValueError(f"x0 and x1 must have the same shape, got {tuple(x0.shape)} "
                              f"and {tuple(x1.shape)}")

@@ -33,7 +33,9 @@ equation unchanged.
     VE      VEPath                      d sigma²/ds = -(sigma²)'          N(0, sigma_max² I)
     ======  ==========================  ===============================  ==================
 
-Score functions take minigen's ``score_fn(x, t)`` with t in [0, 1], shape (B,).
+Score functions take minigen's ``score_fn(x, t)`` with t in [0, 1], shape (B,). Every SDE
+method that takes t rejects one outside [0, 1], as the paths' do (``broadcast.time_checked``);
+the samplers stay inside [t_min, t_max].
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from collections.abc import Callable
 
 import torch
 
+from minigen.broadcast import time_checked_methods
 from minigen.recipe.paths import GaussianPath, SubVPPath, VEPath, VPLinearBetaPath, expand_t
 
 Tensor = torch.Tensor
@@ -59,6 +62,10 @@ class SDE:
     ``path`` gives alpha and sigma; ``t_min``/``t_max`` the range where they are finite
     (samplers run from t_min to t_max).
     """
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        time_checked_methods(cls)  # every method that takes t checks it, as SDE's own do
 
     def __init__(self, path: GaussianPath):
         if not path.source_is_gaussian:
@@ -118,6 +125,8 @@ class SDE:
         g2 = self.diffusion(tt) ** 2
         e2 = g2 if diffusion is None else expand_t(torch.as_tensor(diffusion, dtype=x.dtype), x) ** 2
         return -self.drift(x, t) + 0.5 * (g2 + e2) * score
+
+time_checked_methods(SDE)
 
 class VPSDE(SDE):
     """Variance-preserving SDE dx = -½ beta(s) x ds + sqrt(beta(s)) dw (Song et al., 2021,

@@ -1,5 +1,6 @@
 """Running the workbook.
 
+    inputs.py     what a chapter's run depends on, as one key (``reproduce --stale``)
     lab.py        JupyterLab for the workbook (``make lab``): chapters open as notebooks, quick mode
     record.py     a chapter's results JSON (``record``, ``metric``, quick mode and where results go)
     reproduce.py  the batch runner: execute notebooks once, record only when asked, check targets

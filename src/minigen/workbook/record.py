@@ -5,7 +5,7 @@ A notebook calls ``record(...)`` once at its end; the file lands in
 (``reproduce --full --record``, ``make book``), the committed ``results/<mode>/`` —
 with the format
 
-    {chapter, mode, seed, git_sha, torch, versions, device, threads, machine, wall_s,
+    {chapter, mode, seed, git_sha, torch, versions, device, threads, machine, inputs, wall_s,
      metrics: {name: {value, unit, better: "lower" | "higher"}}}
 
 so that the tests, ``python -m minigen.workbook.reproduce`` and the README table read
@@ -161,6 +161,16 @@ def machine() -> dict:
     return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": ram}
 
 
+def inputs(chapter: str, mode: str) -> dict:
+    """``{"key": ...}``: the hash of what this chapter's run depends on (``workbook.inputs``);
+    None for a name with no ``notebooks/<chapter>.py`` (tests, scratch records)."""
+    from minigen.workbook.inputs import inputs_key
+
+    root = repo_root()
+    found = (root / "notebooks" / f"{chapter}.py").is_file()
+    return {"key": inputs_key(chapter, root, mode) if found else None}
+
+
 def key_number(v: float) -> str:
     """A number as it appears in a metric key: ``%g`` with "p" for the decimal point (0.5 ->
     "0p5", 2.0 -> "2"), the one spelling of decimals in every chapter's keys."""
@@ -190,7 +200,7 @@ def record(chapter: str, metrics: dict, *, mode: str, seed: int, wall_s: float,
     out = {
         "chapter": chapter, "mode": mode, "seed": int(seed), "git_sha": git_sha(),
         "torch": torch.__version__, "versions": versions(), "device": str(device),
-        "threads": torch.get_num_threads(), "machine": machine(),
+        "threads": torch.get_num_threads(), "machine": machine(), "inputs": inputs(chapter, mode),
         "wall_s": round(float(wall_s), 2), "metrics": clean,
     }
     path = results_dir(mode) / f"{chapter}.json"

@@ -303,6 +303,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-run", action="store_true",
                     help="do not execute: --check the committed results (with --record: rewrite "
                          "their tables)")
+    ap.add_argument("--force", action="store_true",
+                    help="full / gpu mode: rerun chapters whose inputs are unchanged too")
+    ap.add_argument("--stale", action="store_true",
+                    help="list the chapters whose committed results/full/ came from other inputs "
+                         "than the tree's (no execution)")
     ap.add_argument("--out", default="build/executed", help="executed notebooks go here")
     args = ap.parse_args(argv)
     args.mode = args.mode or "full"
@@ -328,7 +333,7 @@ def refuse_dirty(root: Path, args: argparse.Namespace) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the selected chapters, write the results tables, check targets; return exit code."""
-    from minigen.workbook import tables
+    from minigen.workbook import inputs, tables
     from minigen.workbook.record import repo_root, results_dir
 
     args = parse_args(argv)
@@ -337,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     if not chapters:
         print("reproduce: no chapters found under notebooks/", file=sys.stderr)
         return 1
+    if args.stale:
+        return tables.report_stale(root, [p.stem for p in chapters])
     if why := refuse_dirty(root, args):
         print(why, file=sys.stderr)
         return 2
@@ -347,17 +354,24 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out) if Path(args.out).is_absolute() else root / args.out
     before = tables.snapshot(results)
     failed: list[RunResult] = []
-    if not args.no_run:
-        print(f"reproduce: {len(chapters)} notebook(s), mode={args.mode}, jobs={args.jobs}, "
+    reused = [] if args.force or args.mode == "quick" or args.no_run else \
+        inputs.reusable(root, chapters, out_dir, results, args.mode)
+    if reused:
+        print(f"reproduce: inputs unchanged, reusing {', '.join(p.stem for p in reused)} "
+              "(--force reruns them)", flush=True)
+    to_run = [p for p in chapters if p not in reused]
+    if not args.no_run and to_run:
+        print(f"reproduce: {len(to_run)} notebook(s), mode={args.mode}, jobs={args.jobs}, "
               f"out={out_dir}, results={results}", flush=True)
         t0 = time.perf_counter()
-        runs = run_all(chapters, out_dir, args.mode, args.jobs, args.record)
+        runs = run_all(to_run, out_dir, args.mode, args.jobs, args.record)
         total = time.perf_counter() - t0
         write_timings(out_dir, args.mode, runs, total)
+        inputs.stamp(root, out_dir, args.mode, [r.stem for r in runs if r.error is None])
         print(f"reproduce: total wall time {total:.1f} s", flush=True)
         failed = [r for r in runs if r.error]
     if args.record or not args.no_run:
-        write_tables(root, results, results_mode, args)
+        tables.write_tables(root, results, results_mode, args.record, args.mode)
     if args.record and (replaced := tables.describe_replacements(before, results)):
         print("reproduce: replaced committed results:\n" + "\n".join(replaced))
     code = 0
@@ -367,53 +381,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr)
         code = 1
     if args.check:
-        code |= report_check(results_mode, results, [p.stem for p in chapters])
+        code |= tables.report_check(results_mode, results, [p.stem for p in chapters])
     return code
-
-
-def write_tables(root: Path, results: Path, mode: str, args: argparse.Namespace) -> None:
-    """RESULTS.md next to the results; for a recorded CPU full run, also the README's tables."""
-    from minigen.workbook import tables
-
-    committed = args.record and mode == "full"
-    md = root / "results" / "RESULTS.md" if committed else results / "RESULTS.md"
-    tables.write_results_md(md, results, mode)
-    print(f"reproduce: wrote {md.relative_to(root) if md.is_relative_to(root) else md}")
-    if not committed:
-        print("reproduce: the committed results/ and README.md are untouched (--record writes them)")
-        return
-    if args.mode == "gpu":
-        print("reproduce: a --gpu run leaves the README's (CPU) tables alone")
-        return
-    readme = root / "README.md"
-    table = tables.headline_table(tables.load_results(results), results)
-    costs = root / "results" / "costs.json"
-    cost_text = tables.costs_table(tables.load_results(results),
-                                   json.loads(costs.read_text()) if costs.is_file() else None)
-    if tables.replace_between(readme, cost_text, tables.COSTS_START, tables.COSTS_END):
-        print("reproduce: updated the costs table in README.md")
-    if tables.replace_between(readme, table):
-        print("reproduce: updated the results table in README.md")
-    else:
-        print(f"reproduce: README.md has no {tables.README_START} ... {tables.README_END} "
-              "markers; left it alone")
-
-
-def report_check(mode: str, results: Path, chapters: list[str]) -> int:
-    """Print every target's verdict as a table for ``--check``; 1 on an undocumented miss."""
-    from minigen.workbook.tables import targets_summary
-
-    if mode == "quick":
-        print("reproduce: --check judges the full-mode targets; use --full or --gpu",
-              file=sys.stderr)
-        return 1
-    table, counts = targets_summary(results, chapters)
-    print(f"reproduce: targets judged on {results}:\n{table}")
-    bad = counts.get("missed", 0) + counts.get("missing", 0)
-    tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no targets"
-    print(f"reproduce: {tally}" + (" (undocumented misses fail --check)" if bad else ""),
-          file=sys.stderr if bad else sys.stdout)
-    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 from minigen.workbook.record import format_value
@@ -143,7 +144,10 @@ def costs_table(records: list[dict], costs: dict | None) -> str:
         m = costs.get("machine", {})
         lines += [f"Measured by `benchmarks/costs.py` on a fresh clone of {costs.get('commit', '?')}:"
                   f" {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('ram_gib', '?')} GiB"
-                  " RAM, no GPU.", "", "| command | wall time |", "|---|---:|"]
+                  " RAM, no GPU."
+                  + (" pip installed from a local wheel folder (`PIP_FIND_LINKS`): downloading "
+                     "the wheels adds to `make venv`." if costs.get("pip_find_links") else ""),
+                  "", "| command | wall time |", "|---|---:|"]
         lines += [f"| `{cmd}` | {_minutes(s)} |" for cmd, s in costs.get("wall_s", {}).items()]
         disk = costs.get("disk_mib", {})
         lines += ["", "Disk: " + ", ".join(f"`{k}` {v / 1024:.1f} GiB" if v >= 1024 else
@@ -161,3 +165,55 @@ def costs_table(records: list[dict], costs: dict | None) -> str:
     lines += ["", f"Sum over the chapters: {_minutes(total)}; `make book` takes about that plus the "
               f"site build{build}, on the machine that recorded them."]
     return "\n".join(lines).strip("\n")
+
+
+def write_tables(root: Path, results: Path, mode: str, record: bool, run_mode: str) -> None:
+    """RESULTS.md next to the results; for a recorded CPU full run, also the README's """
+    committed = record and mode == "full"
+    md = root / "results" / "RESULTS.md" if committed else results / "RESULTS.md"
+    write_results_md(md, results, mode)
+    print(f"reproduce: wrote {md.relative_to(root) if md.is_relative_to(root) else md}")
+    if not committed:
+        print("reproduce: the committed results/ and README.md are untouched (--record writes them)")
+        return
+    if run_mode == "gpu":
+        print("reproduce: a --gpu run leaves the README's (CPU) tables alone")
+        return
+    readme = root / "README.md"
+    table = headline_table(load_results(results), results)
+    costs = root / "results" / "costs.json"
+    cost_text = costs_table(load_results(results),
+                                   json.loads(costs.read_text()) if costs.is_file() else None)
+    if replace_between(readme, cost_text, COSTS_START, COSTS_END):
+        print("reproduce: updated the costs table in README.md")
+    if replace_between(readme, table):
+        print("reproduce: updated the results table in README.md")
+    else:
+        print(f"reproduce: README.md has no {README_START} ... {README_END} "
+              "markers; left it alone")
+
+
+def report_stale(root: Path, chapters: list[str]) -> int:
+    """Print the chapters whose committed full results are stale (``workbook.inputs``); 0."""
+    from minigen.workbook.inputs import stale_chapters
+    from minigen.workbook.record import results_dir
+
+    stale = stale_chapters(root, results_dir("full", committed=True), chapters)
+    print(f"reproduce: {len(stale)} of {len(chapters)} chapter(s) with stale committed results"
+          + "".join(f"\n  {c}: {why}" for c, why in stale))
+    return 0
+
+
+def report_check(mode: str, results: Path, chapters: list[str]) -> int:
+    """Print every target's verdict as a table for ``--check``; 1 on an undocumented miss."""
+    if mode == "quick":
+        print("reproduce: --check judges the full-mode targets; use --full or --gpu",
+              file=sys.stderr)
+        return 1
+    table, counts = targets_summary(results, chapters)
+    print(f"reproduce: targets judged on {results}:\n{table}")
+    bad = counts.get("missed", 0) + counts.get("missing", 0)
+    tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no targets"
+    print(f"reproduce: {tally}" + (" (undocumented misses fail --check)" if bad else ""),
+          file=sys.stderr if bad else sys.stdout)
+    return 1 if bad else 0

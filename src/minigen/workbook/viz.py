@@ -2,8 +2,8 @@
 an animation that works in the static book, and the source of a package function.
 
 Importing this module sets the workbook's figure style (``PAGE_STYLE``): the book's text column
-is about 850 px wide and the widest figures are 12-13 inches, so text is sized for the page,
-and every size in the notebooks is relative ("small", "medium") to it.
+shows figures 690-960 px wide and the widest figures are 12-13 inches, so text is sized for the
+page, and every size in the notebooks is relative ("small", "medium") to it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-# Font sizes in points at the inline backend's 100 dpi. The widest figures (12-13 inches) show at
-# about 0.6 of their size in the book's 850 px column: a title (12 pt = 16.7 px) is ~10 px on the
-# page there and 13+ px on the 6-inch ones; legends ("small", 10 pt) ~8.5 px at worst.
-PAGE_STYLE = {"font.size": 12, "axes.titlesize": "medium", "axes.labelsize": "medium",
-              "xtick.labelsize": 10, "ytick.labelsize": 10, "legend.fontsize": "small",
+# Font sizes in points. On the page a font is pt / 72 * (shown width / figure inches) px, whatever
+# the dpi. The book shows a figure at most 688 px wide in a 1280 px window (816 at 1440, 960 at
+# 1920); the widest (13 inches, 12.8 after the tight crop) thus at 688 / 12.8 = 54 px per inch:
+# a title (14 pt) is 10.4 px there and ticks and legends (12 and 11.7 pt) 8.7-8.9 px; at 1440 px
+# 12.4 and 10.6 px, and larger on the narrower figures.
+PAGE_STYLE = {"font.size": 14, "axes.titlesize": "medium", "axes.labelsize": "medium",
+              "xtick.labelsize": 12, "ytick.labelsize": 12, "legend.fontsize": "small",
               "figure.titlesize": "large", "figure.dpi": 100}
 plt.rcParams.update(PAGE_STYLE)
 
@@ -126,10 +128,14 @@ def animation_html(traj, times, lim: float = 6.0, frames: int = 21, interval: in
 
 
 # matplotlib's jshtml player draws its buttons with Font Awesome from a CDN; text symbols instead.
-_PLAYER_ICONS = {"fa-minus": "&minus;", "fa-fast-backward": "&#x23EE;", "fa-step-backward": "&#x23F4;|",
-                 "fa-play fa-flip-horizontal": "&#x25C0;", "fa-pause": "&#x23F8;",
-                 "fa-play": "&#x25B6;", "fa-step-forward": "|&#x23F5;",
-                 "fa-fast-forward": "&#x23ED;", "fa-plus": "+"}
+# Only bars and Geometric Shapes triangles/rectangles (U+25AE, U+25B6, U+25C0), which common fonts
+# (DejaVu, Liberation's fallbacks, system UI fonts) all have: the media symbols of U+23E9-23FA
+# (⏮ ⏸ ...) are missing from many and showed as empty boxes. U+FE0E keeps ◀ ▶ text, not emoji.
+_L, _R = "&#x25C0;&#xFE0E;", "&#x25B6;&#xFE0E;"
+_PLAYER_ICONS = {"fa-minus": "&minus;", "fa-fast-backward": f"|{_L}{_L}", "fa-step-backward": f"|{_L}",
+                 "fa-play fa-flip-horizontal": _L, "fa-pause": "&#x25AE;&#x25AE;",
+                 "fa-play": _R, "fa-step-forward": f"{_R}|",
+                 "fa-fast-forward": f"{_R}{_R}|", "fa-plus": "+"}
 
 
 def offline_player(html: str) -> str:

@@ -1,0 +1,123 @@
+"""What a chapter's run depends on, as one key: its notebook source, every package module it
+imports (followed through the package's own imports), the pinned environment and the mode.
+
+``record`` writes the key into each results JSON (``inputs``) and ``reproduce`` stamps each
+executed copy with it (``<out>/.<chapter>.inputs``): a full-mode run reuses the chapters whose
+copy and results were made from the tree's inputs as they are (``--force`` reruns them), and
+``reproduce --stale`` lists the chapters whose committed ``results/full/`` came from other
+inputs than the tree's, so a stale number is seen, not hidden. Imports are read from the
+source (``ast``), not executed: a module imported inside a function counts too, and nothing
+is imported to compute a key.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+from pathlib import Path
+
+ENVIRONMENT_FILES = ("constraints.txt",)  # the lock: every dependency pinned
+
+
+def minigen_imports(source: str) -> set[str]:
+    """The ``minigen...`` names a Python source imports (``from minigen.a import b`` gives both
+    ``minigen.a`` and ``minigen.a.b``; the caller keeps those that are modules)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names if a.name.split(".")[0] == "minigen"}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and node.module.split(".")[0] == "minigen":
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+def module_file(name: str, src: Path) -> Path | None:
+    """The file of module ``name`` under ``src`` (``src/minigen/...``), None if it is not one."""
+    base = src.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def package_files(source: str, src: Path) -> set[Path]:
+    """Every package file ``source`` depends on: its imports, theirs, and the ``__init__.py`` of
+    each package on the way (importing ``minigen.a.b`` runs ``minigen/a/__init__.py``)."""
+    seen: set[Path] = set()
+    todo = [source]
+    while todo:
+        for name in minigen_imports(todo.pop()):
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):
+                path = module_file(".".join(parts[:i]), src)
+                if path is not None and path not in seen:
+                    seen.add(path)
+                    todo.append(path.read_text())
+    return seen
+
+
+def chapter_inputs(chapter: str, root: Path, mode: str = "full") -> dict[str, str]:
+    """``{file relative to root: sha256}`` of everything the chapter's run depends on, plus the
+    mode (quick / full / gpu)."""
+    notebook = root / "notebooks" / f"{chapter}.py"
+    files = {notebook, *package_files(notebook.read_text(), root / "src"),
+             *(root / f for f in ENVIRONMENT_FILES if (root / f).is_file())}
+    out = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+           for p in sorted(files)}
+    out["mode"] = mode
+    return out
+
+
+def inputs_key(chapter: str, root: Path, mode: str = "full") -> str:
+    """A short hash of ``chapter_inputs``: equal keys, equal inputs."""
+    blob = json.dumps(chapter_inputs(chapter, root, mode), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def stale_chapters(root: Path, results: Path, chapters: list[str]) -> list[tuple[str, str]]:
+    """``(chapter, why)`` for each chapter whose ``results/<chapter>.json`` is missing, has no
+    recorded key, or was made from other inputs than the tree's now."""
+    stale = []
+    for chapter in chapters:
+        path = results / f"{chapter}.json"
+        if not path.is_file():
+            stale.append((chapter, "no results"))
+            continue
+        rec = json.loads(path.read_text())
+        recorded = rec.get("inputs", {}).get("key")
+        if recorded is None:
+            stale.append((chapter, f"no inputs key recorded (commit {rec.get('git_sha', '?')})"))
+        elif recorded != inputs_key(chapter, root, rec.get("mode", "full")):
+            stale.append((chapter, f"inputs changed since commit {rec.get('git_sha', '?')}"))
+    return stale
+
+
+def inputs_stamp(out_dir: Path, stem: str) -> Path:
+    """``<out>/.<stem>.inputs``: the mode and inputs key the executed copy was made from."""
+    return out_dir / f".{stem}.inputs"
+
+
+def stamp(root: Path, out_dir: Path, mode: str, stems: list[str]) -> None:
+    """Write the inputs stamp of each executed copy in ``stems`` (the ones that ran without
+    error): ``<mode>:<key>``, so a quick copy is never taken for a full one."""
+    for stem in stems:
+        key = inputs_key(stem, root, "quick" if mode == "quick" else "full")
+        inputs_stamp(out_dir, stem).write_text(f"{mode}:{key}\n")
+
+
+def reusable(root: Path, chapters: list[Path], out_dir: Path, results: Path,
+             mode: str) -> list[Path]:
+    """The chapters whose executed copy (its stamp) and results file (its recorded key) were
+    both made in ``mode`` from the tree's inputs as they are now: nothing to rerun."""
+    keep = []
+    for p in chapters:
+        key = inputs_key(p.stem, root, "full")
+        st, res = inputs_stamp(out_dir, p.stem), results / f"{p.stem}.json"
+        if (out_dir / f"{p.stem}.ipynb").is_file() and st.is_file() and res.is_file() \
+                and st.read_text().strip() == f"{mode}:{key}" \
+                and json.loads(res.read_text()).get("inputs", {}).get("key") == key:
+            keep.append(p)
+    return keep

@@ -1,0 +1,72 @@
+"""minigen.workbook.inputs: a chapter's inputs key follows exactly the package files it imports,
+and ``stale_chapters`` names exactly the chapters a change touches."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from minigen.workbook import inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_tree(root: Path) -> None:
+    """src/minigen with a -> c, b (no imports); chapter 01 imports a, chapter 02 imports b."""
+    pkg = root / "src" / "minigen"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text('"""pkg"""\n')
+    (pkg / "sub" / "__init__.py").write_text('"""sub"""\n')
+    (pkg / "sub" / "a.py").write_text("from minigen.sub.c import f\n\ndef g():\n    return f()\n")
+    (pkg / "sub" / "c.py").write_text("def f():\n    return 1\n")
+    (pkg / "b.py").write_text("import math\n")
+    (root / "notebooks").mkdir()
+    (root / "notebooks" / "01_a.py").write_text("# %%\nfrom minigen.sub import a\n")
+    (root / "notebooks" / "02_b.py").write_text("# %%\nimport minigen.b as b\n")
+    (root / "constraints.txt").write_text("torch==2.13.0\n")
+
+
+def record_keys(root: Path) -> Path:
+    res = root / "results" / "full"
+    res.mkdir(parents=True)
+    for ch in ("01_a", "02_b"):
+        (res / f"{ch}.json").write_text(json.dumps(
+            {"chapter": ch, "mode": "full", "git_sha": "abc",
+             "inputs": {"key": inputs.inputs_key(ch, root)}}))
+    return res
+
+
+def test_the_files_a_chapter_depends_on_are_followed_through_imports(tmp_path):
+    make_tree(tmp_path)
+    files = set(inputs.chapter_inputs("01_a", tmp_path))
+    assert files == {"notebooks/01_a.py", "src/minigen/__init__.py", "src/minigen/sub/__init__.py",
+                     "src/minigen/sub/a.py", "src/minigen/sub/c.py", "constraints.txt", "mode"}
+    assert "src/minigen/sub/a.py" not in inputs.chapter_inputs("02_b", tmp_path)
+
+
+def test_a_changed_module_marks_exactly_the_chapters_that_import_it(tmp_path):
+    make_tree(tmp_path)
+    res = record_keys(tmp_path)
+    chapters = ["01_a", "02_b"]
+    assert inputs.stale_chapters(tmp_path, res, chapters) == []
+    (tmp_path / "src" / "minigen" / "sub" / "c.py").write_text("def f():\n    return 2\n")
+    assert [c for c, _ in inputs.stale_chapters(tmp_path, res, chapters)] == ["01_a"]  # via a
+    (tmp_path / "src" / "minigen" / "b.py").write_text("import math  # edited\n")
+    assert [c for c, _ in inputs.stale_chapters(tmp_path, res, chapters)] == chapters
+    record_keys_again = {ch: inputs.inputs_key(ch, tmp_path) for ch in chapters}
+    (tmp_path / "constraints.txt").write_text("torch==2.14.0\n")  # the environment: all of them
+    assert all(inputs.inputs_key(ch, tmp_path) != k for ch, k in record_keys_again.items())
+
+
+def test_a_results_file_without_a_key_or_missing_is_stale(tmp_path):
+    make_tree(tmp_path)
+    res = tmp_path / "results" / "full"
+    res.mkdir(parents=True)
+    (res / "01_a.json").write_text(json.dumps({"chapter": "01_a", "git_sha": "old"}))
+    assert inputs.stale_chapters(tmp_path, res, ["01_a", "02_b"]) == [
+        ("01_a", "no inputs key recorded (commit old)"), ("02_b", "no results")]
+
+
+def test_the_modes_have_different_keys():
+    assert inputs.inputs_key("00_unified_picture", ROOT, "quick") != \
+        inputs.inputs_key("00_unified_picture", ROOT, "full")
