@@ -294,7 +294,7 @@ for pair in PAIRS:
     ax.set_xlabel("eps")
     ax.set_ylabel("W2² to data")
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize="x-small")
+    ax.legend(fontsize="small")
     fig.suptitle(f"{pair}: one interpolant, a family of samplers", fontsize="large")
     fig.tight_layout()
 
@@ -542,7 +542,7 @@ for ax, (name, path, t_end) in zip(axes, (("cond", cond, t_cond), ("mix", mix, 1
                     histtype="step", lw=1, label=proc)
     ax.set_title(f"{'p_t(x | z), t = 0.9' if name == 'cond' else 'mixture target, t = 1'}",
                  fontsize="medium")
-    ax.legend(fontsize="x-small")
+    ax.legend(fontsize="small")
 fig.tight_layout()
 
 # %% [markdown]

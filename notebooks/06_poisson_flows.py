@@ -293,7 +293,7 @@ fig, axes = plt.subplots(1, len(D_2D) + 1, figsize=(2.6 * (len(D_2D) + 1), 2.8))
 scatter(axes[0], target, title="data", s=2)
 for ax, D in zip(axes[1:], D_2D):
     x = sample_2d_model(models_2d[D, 0], D)
-    scatter(ax, x, title=f"{name(D)}: W2² {wasserstein2_squared(x, target):.3f}, on board {on_board(x):.2f}", s=2)
+    scatter(ax, x, title=f"{name(D)}: W2² {wasserstein2_squared(x, target):.3f}\non board {on_board(x):.2f}", s=2)
 fig.tight_layout()
 print(f"two fresh data samples: W2² = {floor_2d:.4f}")
 
@@ -357,7 +357,6 @@ axes[2].set(xlabel=r"state noise $\alpha$", ylabel="share on the board", title="
 for ax in axes:
     ax.axhline(floor_2d, color="gray", ls=":", lw=1) if ax is not axes[2] else None
     ax.legend(fontsize="small")
-    ax.title.set_fontsize(9)
 fig.tight_layout()
 
 # %% [markdown]
