@@ -269,3 +269,17 @@ def test_stale_lists_results_made_from_other_inputs(tiny_repo, capsys):
     (tiny_repo / "notebooks" / "99_tiny.py").write_text(TINY_CHAPTER + "\n# an edit\n")
     assert reproduce.main(["--stale"]) == 0
     assert "99_tiny: inputs changed since commit" in capsys.readouterr().out
+
+
+def test_the_longest_chapters_are_scheduled_first(results, tmp_path):
+    for stem, wall in (("01_a", 100.0), ("02_b", 300.0), ("03_c", 50.0)):
+        write_result(results, "full", stem, {"x": 1.0})
+        path = results / "full" / f"{stem}.json"
+        rec = json.loads(path.read_text())
+        rec["wall_s"] = wall
+        path.write_text(json.dumps(rec))
+    chapters = [tmp_path / f"{s}.py" for s in ("01_a", "02_b", "03_c", "04_new")]
+    order, estimate = reproduce.longest_first(chapters, results / "full", jobs=2)
+    assert [p.stem for p in order] == ["02_b", "01_a", "03_c", "04_new"]  # unknown last
+    assert estimate == 300.0  # 02 on one worker; 01 + 03 on the other
+    assert reproduce.longest_first(chapters, results / "full", jobs=1)[1] == 450.0

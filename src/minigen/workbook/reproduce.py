@@ -248,6 +248,7 @@ def run_all(chapters: list[Path], out_dir: Path, mode: str, jobs: int,
     os.environ.update(run_env(mode, threads, record))  # inherited by the workers and their kernels
     ctx = multiprocessing.get_context("spawn")
     results: list[RunResult] = []
+    t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx) as pool:
         futures = [pool.submit(execute_one, str(p), str(out_dir), mode, kernel)
                    for p in chapters]
@@ -256,26 +257,31 @@ def run_all(chapters: list[Path], out_dir: Path, mode: str, jobs: int,
             status = "ok" if res.error is None else "FAILED"
             if res.attempts > 1:
                 status += f" (run {res.attempts} times: a cell stalled)"
-            print(f"  {res.stem:<32} {res.wall_s:7.1f} s  {status}", flush=True)
+            print(f"  {res.stem:<32} {res.wall_s:7.1f} s  {status}  "
+                  f"[{time.perf_counter() - t0:.0f} s elapsed]", flush=True)
             if res.error:
                 print(indent(res.error), flush=True)
             results.append(res)
     return results
 
 
+def longest_first(chapters: list[Path], results: Path, jobs: int) -> tuple[list[Path], float]:
+    """The chapters ordered by their last recorded wall time, longest first (so ``jobs`` workers
+    finish together; unknown ones last), and the estimated wall time of the batch (each next
+    chapter on the least loaded worker)."""
+    def last(p: Path) -> float:
+        f = results / f"{p.stem}.json"
+        return float(json.loads(f.read_text()).get("wall_s", 0.0)) if f.is_file() else 0.0
+    ordered = sorted(chapters, key=last, reverse=True)
+    load = [0.0] * max(1, min(jobs, len(chapters)))
+    for p in ordered:
+        load[load.index(min(load))] += last(p)
+    return ordered, max(load)
+
+
 def indent(text: str, prefix: str = "      ") -> str:
     """Indent every line of ``text``."""
     return "\n".join(prefix + line for line in text.splitlines())
-
-
-def write_timings(out_dir: Path, mode: str, results: list[RunResult], total_s: float) -> Path:
-    """``<out>/timings.json``: per-notebook and total wall time of this run (read by .ci/run)."""
-    path = out_dir / "timings.json"
-    path.write_text(json.dumps({
-        "mode": mode, "total_wall_s": round(total_s, 1),
-        "notebooks": {r.stem: {"wall_s": round(r.wall_s, 1), "ok": r.error is None}
-                      for r in results}}, indent=2) + "\n")
-    return path
 
 
 # --------------------------------------------------------------------------- CLI
@@ -359,14 +365,16 @@ def main(argv: list[str] | None = None) -> int:
     if reused:
         print(f"reproduce: inputs unchanged, reusing {', '.join(p.stem for p in reused)} "
               "(--force reruns them)", flush=True)
-    to_run = [p for p in chapters if p not in reused]
+    to_run, estimate = longest_first([p for p in chapters if p not in reused], results, args.jobs)
     if not args.no_run and to_run:
         print(f"reproduce: {len(to_run)} notebook(s), mode={args.mode}, jobs={args.jobs}, "
-              f"out={out_dir}, results={results}", flush=True)
+              f"out={out_dir}, results={results}; about {estimate:.0f} s by the last recorded "
+              "wall times, longest first", flush=True)
         t0 = time.perf_counter()
         runs = run_all(to_run, out_dir, args.mode, args.jobs, args.record)
         total = time.perf_counter() - t0
-        write_timings(out_dir, args.mode, runs, total)
+        tables.write_timings(out_dir, args.mode, [(r.stem, r.wall_s, r.error is None) for r in runs],
+                             total)
         inputs.stamp(root, out_dir, args.mode, [r.stem for r in runs if r.error is None])
         print(f"reproduce: total wall time {total:.1f} s", flush=True)
         failed = [r for r in runs if r.error]

@@ -4,6 +4,8 @@ Every table is generated from ``results/<mode>/*.json`` (``record``) and the cha
 targets (``targets``): ``results/RESULTS.md`` (every target's verdict, then every metric),
 the README's headline table between ``<!-- results:start -->`` / ``<!-- results:end -->`` and
 its costs table between ``<!-- costs:start -->`` / ``<!-- costs:end -->``. None is edited by hand.
+It also writes a run's ``timings.json`` and prints ``reproduce``'s reports (the targets'
+verdicts, stale results, what a recording replaced).
 """
 
 from __future__ import annotations
@@ -217,3 +219,14 @@ def report_check(mode: str, results: Path, chapters: list[str]) -> int:
     print(f"reproduce: {tally}" + (" (undocumented misses fail --check)" if bad else ""),
           file=sys.stderr if bad else sys.stdout)
     return 1 if bad else 0
+
+
+def write_timings(out_dir: Path, mode: str, runs: list[tuple[str, float, bool]],
+                  total_s: float) -> Path:
+    """``<out>/timings.json``: per-notebook and total wall time of this run (read by .ci/run)."""
+    path = out_dir / "timings.json"
+    path.write_text(json.dumps({
+        "mode": mode, "total_wall_s": round(total_s, 1),
+        "notebooks": {stem: {"wall_s": round(wall, 1), "ok": ok} for stem, wall, ok in runs}},
+        indent=2) + "\n")
+    return path
