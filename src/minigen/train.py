@@ -162,6 +162,8 @@ def train(model: torch.nn.Module, loss_fn: Callable, sample_batch: Callable, *, 
         start, losses, per_t_state = _restore(load_checkpoint(checkpoint), model, opt, gen, ema)
         if per_t_bins and per_t_state is not None:
             sums, counts = per_t_state
+    if hasattr(sample_batch, "seek"):  # batches keyed by step (recipe.prefetch): resume there
+        sample_batch.seek(start)
 
     def state_at(step):
         st = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,

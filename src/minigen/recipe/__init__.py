@@ -2,6 +2,7 @@
 t = 0 the source, t = 1 the data.
 
     couplings.py      part 1: how x0 and x1 are paired (independent, exact OT, Sinkhorn, Gibbs weights)
+    prefetch.py       part 1: batches paired ahead of the step on a worker thread (OT off the critical path)
     paths.py          part 2: Gaussian paths, their schedules and exact prediction conversions;
                       the Interpolant, which adds gamma(t) z to any of them (BridgePath is one)
     gamma.py          part 2: gamma(t) schedules of the independent noise (Brownian, sin²)
