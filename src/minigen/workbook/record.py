@@ -31,16 +31,21 @@ RESULTS_ENV = "MINIGEN_RESULTS_DIR"
 RECORD_ENV = "MINIGEN_RECORD"
 
 
+def env_flag(name: str, default: bool = False) -> bool:
+    """An on/off environment variable: 1, true, yes or on (any case) is on; unset is ``default``."""
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
 def quick_from_env(default: bool = False) -> bool:
     """Quick mode as set by the environment (``MINIGEN_QUICK=1``).
 
     nbval and myst-nb cannot inject papermill parameters, so every notebook's
     ``parameters`` cell reads this as its default.
     """
-    value = os.environ.get(QUICK_ENV)
-    if value is None:
-        return default
-    return value.strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag(QUICK_ENV, default)
 
 
 _PLAIN = (bool, int, float, str, type(None), list, tuple, dict)
@@ -84,7 +89,7 @@ def repo_root(start: Path | None = None) -> Path:
 def recording() -> bool:
     """True when this run was asked to write the committed results (``MINIGEN_RECORD=1``, set by
     ``reproduce --record`` and ``make book``)."""
-    return os.environ.get(RECORD_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    return env_flag(RECORD_ENV)
 
 
 def results_dir(mode: str, committed: bool | None = None) -> Path:
