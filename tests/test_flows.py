@@ -268,3 +268,24 @@ def test_flows_reject_bad_shapes_and_settings():
         Logit()(torch.full((1, 2), 1.5))
     with pytest.raises(ValueError, match="at least one layer"):
         FlowSequence([])
+
+
+def test_tarflow_loss_drops_labels_to_the_null_label_at_the_stated_rate():
+    flow = perturbed(TARFlow((1, 4, 4), patch=2, width=16, depths=(1,), heads=2, num_classes=3,
+                             label_dropout=0.5), 0.05)
+    x, y = torch.randn(400, 1, 4, 4), torch.randint(0, 3, (400,))
+    g = lambda: torch.Generator().manual_seed(0)
+    drop = torch.rand(400, generator=g()) < 0.5
+    expected = -flow.log_prob(x, y=torch.where(drop, 3, y)) / 16
+    assert torch.allclose(flow.loss(flow, x, y, generator=g()).loss, expected.mean())
+    assert 150 < int(drop.sum()) < 250
+    flow.label_dropout = 0.0
+    assert torch.allclose(flow.loss(flow, x, y).loss, (-flow.log_prob(x, y=y) / 16).mean())
+    with pytest.raises(ValueError, match="label_dropout"):
+        TARFlow((1, 4, 4), num_classes=3, label_dropout=1.0)
+
+
+def test_nats_per_image_is_bits_per_dim_times_d_log_2():
+    from minigen.eval.bits import bits_per_dim, nats_per_image
+    lp = torch.tensor([-50.0, 10.0])
+    assert torch.allclose(nats_per_image(lp, 64, 17), bits_per_dim(lp, 64, 17) * 64 * math.log(2))

@@ -24,6 +24,13 @@ def bits_per_dim(log_density: Tensor, dim: int, n_levels: int) -> Tensor:
     """
     return -(log_density / dim + math.log(2.0 / n_levels)) / math.log(2.0)
 
+def nats_per_image(log_density: Tensor, dim: int, n_levels: int) -> Tensor:
+    """The same bound in nats per image on the 0..K-1 scale (``bits_per_dim`` x D log 2):
+
+        -log P(k) <= -(log p(y) + D log(2 / K)).
+    """
+    return -(log_density + dim * math.log(2.0 / n_levels))
+
 def independent_pixel_bits_per_dim(train_levels: Tensor, test_levels: Tensor, n_levels: int) -> float:
     """Test bits/dim of the independent per-pixel baseline: a categorical over the K levels of
     each pixel i, fitted to the training split with add-one (Laplace) smoothing,

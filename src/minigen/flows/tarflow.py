@@ -111,7 +111,8 @@ class TARFlow(NormalizingFlow):
     allocation is e.g. (5, 1, 1, 1)), alternating order. ``model.log_prob(x, y=labels)``."""
 
     def __init__(self, event_shape: tuple[int, ...], patch: int = 2, width: int = 64,
-                 depths=(2, 2, 2, 2), heads: int = 4, num_classes: int | None = None, seed: int = 0):
+                 depths=(2, 2, 2, 2), heads: int = 4, num_classes: int | None = None, seed: int = 0,
+                 label_dropout: float = 0.1):
         torch.manual_seed(seed)
         event_shape = tuple(event_shape)
         if len(event_shape) == 3:
@@ -128,7 +129,19 @@ class TARFlow(NormalizingFlow):
         blocks = [TARFlowBlock(token_dim, n_tokens, width, d, heads, num_classes, flip=bool(k % 2))
                   for k, d in enumerate(depths)]
         super().__init__(_Tokens(blocks, event_shape, patch), event_shape)
+        if not 0 <= label_dropout < 1:
+            raise ValueError(f"label_dropout must lie in [0, 1), got {label_dropout}")
         self.patch, self.n_tokens, self.num_classes = patch, n_tokens, num_classes
+        self.label_dropout = label_dropout
+
+    def loss(self, model, x: Tensor, y: Tensor | None = None, generator: torch.Generator | None = None,
+             per_sample: bool = False):
+        """``train``'s loss on batches (x,) or (x, y): -log p(x | y) / D, each label replaced by
+        the null label with probability ``label_dropout`` (the unconditional model guidance needs)."""
+        if y is not None and self.label_dropout:
+            drop = torch.rand(len(y), generator=generator).to(y.device) < self.label_dropout
+            y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        return super().loss(model, x, generator, per_sample, **({} if y is None else {"y": y}))
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None, temperature: float = 1.0,
