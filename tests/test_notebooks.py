@@ -61,6 +61,9 @@ LONG_CHAPTERS = {
     "02_denoising_diffusion": "three papers on one epsilon network: DDPM's bound term by term, "
                               "DDIM and the ODE, DiffuseVAE's refiner; splits when chapter 09 "
                               "takes over the sampler comparison",
+    "07_normalizing_flows": "two flow designs on three data sets, plus STARFlow's denoising, guidance, "
+                            "Bayes classifier, Jacobi sampling and deep-shallow allocation; splits "
+                            "when ARFlow joins",
     "03_score_sde": "three SDEs x two weightings on 2D, digits and MNIST, plus the likelihood "
                     "convergence checks the committed figures rest on",
     "04_straight_paths": "three papers (rectified flow, Rectified Diffusion, SD3's time samplers), "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from minigen.workbook import reproduce
+from minigen.workbook import reproduce, schedule
 
 
 def write_result(base, mode, chapter, metrics):
@@ -279,7 +279,25 @@ def test_the_longest_chapters_are_scheduled_first(results, tmp_path):
         rec["wall_s"] = wall
         path.write_text(json.dumps(rec))
     chapters = [tmp_path / f"{s}.py" for s in ("01_a", "02_b", "03_c", "04_new")]
-    order, estimate = reproduce.longest_first(chapters, results / "full", jobs=2)
+    order, estimate = schedule.longest_first(chapters, results / "full", jobs=2)
     assert [p.stem for p in order] == ["02_b", "01_a", "03_c", "04_new"]  # unknown last
     assert estimate == 300.0  # 02 on one worker; 01 + 03 on the other
-    assert reproduce.longest_first(chapters, results / "full", jobs=1)[1] == 450.0
+    assert schedule.longest_first(chapters, results / "full", jobs=1)[1] == 450.0
+
+
+def test_the_progress_line_names_the_running_chapters_and_the_time_left():
+    now = [0.0]
+    est = {"02_b": 300.0, "01_a": 100.0, "03_c": 50.0}
+    p = schedule.Progress(["02_b", "01_a", "03_c"], jobs=2, estimates=est, clock=lambda: now[0])
+    now[0] = 40.0
+    assert set(p.running) == {"02_b", "01_a"}
+    # 02 needs 260 s more; 01 needs 60 s, then 03 takes 50 on that worker: 260 s left
+    assert p.left() == 260.0
+    assert p.line() == ("running: 02_b (40 s, ~300), 01_a (40 s, ~100); 0 of 3 done; "
+                        "40 s elapsed, about 260 s left")
+    now[0] = 110.0
+    p.finished("01_a")  # 03 starts now
+    assert p.running == {"02_b": 0.0, "03_c": 110.0} and p.done == 1
+    now[0] = 400.0  # over every estimate: nothing negative
+    assert p.left() == 0.0
+    assert schedule.makespan([5.0, 5.0, 5.0], 2) == 10.0

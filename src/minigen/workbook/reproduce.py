@@ -23,14 +23,15 @@ them as a table; a failing notebook or an undocumented miss exits non-zero.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+
+from minigen.workbook.schedule import Progress, last_wall_times, longest_first
 
 # minigen.workbook.record imports torch: it is imported lazily (parent only) so that the
 # spawned workers, which only drive papermill, start fast.
@@ -240,43 +241,35 @@ def describe_error(exc: Exception) -> str:
     return f"{name}: {exc}"
 
 
-def run_all(chapters: list[Path], out_dir: Path, mode: str, jobs: int,
-            record: bool = False) -> list[RunResult]:
-    """Execute the chapters on ``jobs`` worker processes; print each wall time, in order."""
+def run_all(chapters: list[Path], out_dir: Path, mode: str, jobs: int, record: bool = False,
+            estimates: dict[str, float] | None = None, status_every: float = 60.0) -> list[RunResult]:
+    """Execute the chapters on ``jobs`` worker processes; print each one's wall time as it
+    finishes and, every ``status_every`` seconds, which are running and the time left."""
     kernel = ensure_kernel()
     threads = threads_per_notebook(jobs, len(chapters))
     os.environ.update(run_env(mode, threads, record))  # inherited by the workers and their kernels
     ctx = multiprocessing.get_context("spawn")
     results: list[RunResult] = []
-    t0 = time.perf_counter()
+    progress = Progress([p.stem for p in chapters], jobs, estimates or {})
     with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx) as pool:
-        futures = [pool.submit(execute_one, str(p), str(out_dir), mode, kernel)
-                   for p in chapters]
-        for fut in futures:
-            res = fut.result()
-            status = "ok" if res.error is None else "FAILED"
-            if res.attempts > 1:
-                status += f" (run {res.attempts} times: a cell stalled)"
-            print(f"  {res.stem:<32} {res.wall_s:7.1f} s  {status}  "
-                  f"[{time.perf_counter() - t0:.0f} s elapsed]", flush=True)
-            if res.error:
-                print(indent(res.error), flush=True)
-            results.append(res)
-    return results
-
-
-def longest_first(chapters: list[Path], results: Path, jobs: int) -> tuple[list[Path], float]:
-    """The chapters ordered by their last recorded wall time, longest first (so ``jobs`` workers
-    finish together; unknown ones last), and the estimated wall time of the batch (each next
-    chapter on the least loaded worker)."""
-    def last(p: Path) -> float:
-        f = results / f"{p.stem}.json"
-        return float(json.loads(f.read_text()).get("wall_s", 0.0)) if f.is_file() else 0.0
-    ordered = sorted(chapters, key=last, reverse=True)
-    load = [0.0] * max(1, min(jobs, len(chapters)))
-    for p in ordered:
-        load[load.index(min(load))] += last(p)
-    return ordered, max(load)
+        waiting = {pool.submit(execute_one, str(p), str(out_dir), mode, kernel) for p in chapters}
+        while waiting:
+            finished, waiting = wait(waiting, timeout=status_every, return_when=FIRST_COMPLETED)
+            if not finished:
+                print(f"  {progress.line()}", flush=True)
+            for fut in finished:
+                res = fut.result()
+                progress.finished(res.stem)
+                status = "ok" if res.error is None else "FAILED"
+                if res.attempts > 1:
+                    status += f" (run {res.attempts} times: a cell stalled)"
+                print(f"  {res.stem:<32} {res.wall_s:7.1f} s  {status}  "
+                      f"[{time.perf_counter() - progress.t0:.0f} s elapsed]", flush=True)
+                if res.error:
+                    print(indent(res.error), flush=True)
+                results.append(res)
+    order = [p.stem for p in chapters]
+    return sorted(results, key=lambda r: order.index(r.stem))
 
 
 def indent(text: str, prefix: str = "      ") -> str:
@@ -366,12 +359,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"reproduce: inputs unchanged, reusing {', '.join(p.stem for p in reused)} "
               "(--force reruns them)", flush=True)
     to_run, estimate = longest_first([p for p in chapters if p not in reused], results, args.jobs)
+    last = last_wall_times(to_run, results)
     if not args.no_run and to_run:
         print(f"reproduce: {len(to_run)} notebook(s), mode={args.mode}, jobs={args.jobs}, "
               f"out={out_dir}, results={results}; about {estimate:.0f} s by the last recorded "
               "wall times, longest first", flush=True)
         t0 = time.perf_counter()
-        runs = run_all(to_run, out_dir, args.mode, args.jobs, args.record)
+        runs = run_all(to_run, out_dir, args.mode, args.jobs, args.record, last)
         total = time.perf_counter() - t0
         tables.write_timings(out_dir, args.mode, [(r.stem, r.wall_s, r.error is None) for r in runs],
                              total)
