@@ -505,8 +505,9 @@ print(f"FD of denoised Jacobi samples (tol 1e-3) {fd_jacobi:.2f} vs sequential {
 # %% [markdown]
 # Full run (one CPU thread, 360 samples): at tolerance $10^{-3}$ Jacobi needs 7.5 of the 16
 # sweeps per block, with relative error $5.7\cdot10^{-4}$ against the sequential inverse and the
-# same FD (18.03 against 18.02), 1.18x faster; at $10^{-2}$, 5.25 sweeps, error $6\cdot10^{-3}$,
-# 1.6x; without a tolerance all 16 sweeps, exact, 0.55x. A sweep processes all 16 tokens, the
+# same FD (18.03 against 18.02), 1.1–1.2x faster (two runs); at $10^{-2}$, 5.25 sweeps, error
+# $6\cdot10^{-3}$, about 1.6x; without a tolerance all 16 sweeps, exact, about 0.55x (wall times
+# move between runs; the table has this run's). A sweep processes all 16 tokens, the
 # sequential inverse only the prefix, so on a CPU Jacobi wins only when it converges in much
 # fewer than $L$ sweeps; on a GPU, where a full-length pass costs about as much as a short
 # one, the same sweep counts give a larger gain.
@@ -616,7 +617,7 @@ ResultsTable(metrics)
 #   Bayes classifier (0.967, no classifier trained); deep–shallow better than equal blocks by
 #   1.7 nats per digit.
 # * Jacobi iteration inverts a causal block exactly in at most $L$ sweeps and to sampling
-#   accuracy in about half of them; on one CPU core that is a 1.2x gain at matched FD.
+#   accuracy in about half of them; on one CPU core that is a 1.1–1.2x gain at matched FD.
 #
 # ## Exercises
 #

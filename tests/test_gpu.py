@@ -102,3 +102,26 @@ def test_likelihood_and_reflow_terms_on_cuda():
         assert ll.device.type == CUDA.type and torch.isfinite(ll).all()
     assert torch.isfinite(coupling_terms(net, x, x + 1, n_t=4)["cross"]).all()
     assert math.isfinite(identity_terms(net, x, x + 1, steps=4)["gap"])
+
+
+def test_flows_train_sample_and_denoise_on_cuda():
+    from minigen.flows.denoise import score_denoise
+    from minigen.flows.multiscale import image_coupling_flow, vector_coupling_flow
+    from minigen.flows.tarflow import TARFlow
+    from minigen.latent.autoencoder import ConvAutoencoder, weighted_reconstruction_loss
+    imgs = lambda g: (torch.rand(8, 1, 8, 8, generator=g) * 2 - 1,)
+    for flow in (image_coupling_flow(1, 8, levels=2, steps=1, width=8, logit=0.05),
+                 vector_coupling_flow(2, layers=2, width=8)):
+        batch = imgs if flow.dim == 64 else (lambda g: (torch.randn(8, 2, generator=g),))
+        res = train(flow, flow.loss, batch, steps=2, device=CUDA, progress=False)
+        assert res.model.sample(4, gen()).x.device.type == CUDA.type
+    tar = TARFlow((1, 8, 8), patch=2, width=16, depths=(1, 1), heads=2, num_classes=3)
+    labelled = lambda g: (torch.randn(8, 1, 8, 8, generator=g), torch.randint(0, 3, (8,), generator=g))
+    tar = train(tar, tar.loss, labelled, steps=2, device=CUDA, progress=False).model
+    y = torch.tensor([0, 1], device=CUDA)
+    for method in ("sequential", "jacobi"):
+        out = tar.sample(2, gen(), y=y, guidance=1.0, method=method, tol=1e-3)
+        assert out.x.device.type == CUDA.type
+    assert score_denoise(tar.log_prob, out.x, 0.1, y=y).device.type == CUDA.type
+    train(ConvAutoencoder(8, base=8, downs=1), weighted_reconstruction_loss, imgs, steps=2, device=CUDA,
+          progress=False)

@@ -300,4 +300,7 @@ def test_the_progress_line_names_the_running_chapters_and_the_time_left():
     assert p.running == {"02_b": 0.0, "03_c": 110.0} and p.done == 1
     now[0] = 400.0  # over every estimate: nothing negative
     assert p.left() == 0.0
+    fresh = schedule.Progress(["09_new"], jobs=2, estimates={}, clock=lambda: now[0])
+    assert fresh.line().endswith("09_new (0 s, no estimate); 0 of 1 done; 0 s elapsed, "
+                                 "about 0 s left + 1 chapter(s) never timed")
     assert schedule.makespan([5.0, 5.0, 5.0], 2) == 10.0

@@ -64,8 +64,10 @@ class Progress:
     def line(self) -> str:
         """``running: 03 (120 s, ~827), 01 (30 s, ~848); 2 of 7 done; 150 s elapsed, about 900 s left``."""
         now = self.clock()
-        run = ", ".join(f"{s} ({now - t:.0f} s, ~{self.estimates.get(s, 0.0):.0f})"
-                        for s, t in self.running.items())
+        est = lambda s: f"~{self.estimates[s]:.0f}" if self.estimates.get(s) else "no estimate"
+        run = ", ".join(f"{s} ({now - t:.0f} s, {est(s)})" for s, t in self.running.items())
         total = self.done + len(self.running) + len(self.pending)
-        return (f"running: {run or 'none'}; {self.done} of {total} done; {now - self.t0:.0f} s elapsed, "
-                f"about {self.left():.0f} s left")
+        unknown = [s for s in [*self.running, *self.pending] if not self.estimates.get(s)]
+        left = f"about {self.left():.0f} s left"
+        left += f" + {len(unknown)} chapter(s) never timed" if unknown else ""
+        return f"running: {run or 'none'}; {self.done} of {total} done; {now - self.t0:.0f} s elapsed, {left}"
