@@ -90,7 +90,7 @@ mode = "quick" if quick else "full"
 if quick:
     apply_quick(globals(), defaults, steps_2d=150, steps_digits=40, steps_mnist=30, n_samples=100,
                 n_eval_2d=4000)
-if image_size == 28:  # the GPU-sized setting
+if image_size == 28 and not quick:  # the GPU-sized setting
     steps_mnist = max(steps_mnist, 8000)
 print(f"{mode}: 2D {steps_2d} steps, digits {steps_digits} steps per flow, MNIST {image_size}x{image_size} "
       f"{steps_mnist} steps per flow")

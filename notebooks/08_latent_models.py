@@ -54,6 +54,7 @@ sigma_latent = 0.3  # STARFlow's latent noise, in standardised units
 defaults = parameter_defaults(globals())  # before papermill's injected parameters
 
 # %%
+import math
 import time
 
 import matplotlib.pyplot as plt
@@ -231,7 +232,9 @@ axes[0].legend()
 for ts in TIME_SAMPLERS:
     axes[1].plot(SCALES, [lat[k, ts]["fd"] / floor["fd"] for k in SCALES], marker="o", label=ts)
 axes[1].set_xscale("log")
-axes[1].set_xlabel("latent scale (1 = standardised)")
+axes[1].set_xticks(SCALES, [f"x{k:g}" for k in SCALES])
+axes[1].minorticks_off()
+axes[1].set_xlabel("latent scale (x1 = standardised)")
 axes[1].set_ylabel("FD / floor")
 axes[1].set_title(f"decoded samples, {euler_steps} Euler steps")
 axes[1].legend()
@@ -243,10 +246,13 @@ plt.show()
 # 6.0x the floor; uniform 49.2). Latents five times too large cost little (39.9 and 48.1):
 # the source noise is then relatively small, much as in a lower-noise schedule. Latents five
 # times too *small* (x0.2) are the real failure — FD 101 (uniform) and 140 (logit-normal),
-# 20–28x the floor: the data occupy a ball five times narrower than the source, the
-# velocity is dominated by the noise, and the loss per $t$ (left) is set by the noise, so the
-# model spends its capacity on it. The best time sampler changes with the scale (uniform at
-# x0.2, logit-normal at x1 and x5).
+# 20–28x the floor. One reason is plain arithmetic: samples are mapped back with the
+# statistics they were trained under, so the flow's errors, made in its own units, are
+# multiplied by $s/k$ — five times larger at x0.2, five times smaller at x5. The loss per $t$
+# (left) moves with the scale too: at x0.2 it is ten times smaller and concentrated near the
+# data end, at x5 it is dominated by the noise end, and only the standardised latents give a
+# flat curve. The best time sampler changes with the scale (uniform at x0.2, logit-normal at
+# x1 and x5).
 #
 # ## Latent vs pixel flow matching at equal training time
 #
@@ -365,6 +371,7 @@ feat_tr = fd.features(x_tr, clf)
 feat_te = fd.features(x_te, clf)
 fstats = LatentStats.measured(feat_tr)
 grid = lambda f: fstats.standardize(f).reshape(-1, 8, 4, 4)
+feature_downs = math.ceil(math.log2(image_size / 4))  # halvings from the image side to 4 (14: 2, 28: 3)
 ink = ((x_tr + 1) / 2).mean((0, 1))
 WEIGHTS = {"uniform": None, "weighted": 1 + 4 * ink}
 
@@ -382,7 +389,8 @@ feature_batches = lambda g: (lambda i: (feat_tr[i], x_tr[i]))(torch.randint(0, l
 decoders, mse_dec = {}, {}
 for name, wmap in WEIGHTS.items():
     torch.manual_seed(seed)
-    decoders[name] = fit(ConvAutoencoder(image_size, latent_channels=8, base=32), decoder_loss(wmap),
+    decoders[name] = fit(ConvAutoencoder(image_size, latent_channels=8, base=32, downs=feature_downs),
+                         decoder_loss(wmap),
                          feature_batches, decoder_steps).model
     with torch.no_grad():
         rec = decoders[name].decode(grid(feat_te)).clamp(-1, 1)
