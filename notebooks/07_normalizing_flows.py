@@ -139,8 +139,9 @@ check.eval()
 x_chk = torch.randn(1, 4, dtype=torch.float64)
 jac = torch.autograd.functional.jacobian(lambda v: check.transform(v[None])[0][0], x_chk[0])
 logdet_autograd = float(torch.linalg.slogdet(jac)[1])
-logdet_flow = float(check.transform(x_chk)[1].detach())
-inv_err = float((check.transform.inverse(check.transform(x_chk)[0]) - x_chk).abs().max())
+with torch.no_grad():
+    logdet_flow = float(check.transform(x_chk)[1])
+    inv_err = float((check.transform.inverse(check.transform(x_chk)[0]) - x_chk).abs().max())
 print(f"log|det J| autograd {logdet_autograd:.10f}, flow {logdet_flow:.10f}; inverse error {inv_err:.1e}")
 
 # %% [markdown]
