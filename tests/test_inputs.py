@@ -51,7 +51,9 @@ def test_a_changed_module_marks_exactly_the_chapters_that_import_it(tmp_path):
     assert inputs.stale_chapters(tmp_path, res, chapters) == []
     (tmp_path / "src" / "minigen" / "sub" / "c.py").write_text("def f():\n    return 2\n")
     assert [c for c, _ in inputs.stale_chapters(tmp_path, res, chapters)] == ["01_a"]  # via a
-    (tmp_path / "src" / "minigen" / "b.py").write_text("import math  # edited\n")
+    (tmp_path / "src" / "minigen" / "b.py").write_text("import math  # a comment\n")
+    assert [c for c, _ in inputs.stale_chapters(tmp_path, res, chapters)] == ["01_a"]  # no code
+    (tmp_path / "src" / "minigen" / "b.py").write_text("import math\nimport os\n")
     assert [c for c, _ in inputs.stale_chapters(tmp_path, res, chapters)] == chapters
     record_keys_again = {ch: inputs.inputs_key(ch, tmp_path) for ch in chapters}
     (tmp_path / "constraints.txt").write_text("torch==2.14.0\n")  # the environment: all of them
@@ -70,3 +72,21 @@ def test_a_results_file_without_a_key_or_missing_is_stale(tmp_path):
 def test_the_modes_have_different_keys():
     assert inputs.inputs_key("00_unified_picture", ROOT, "quick") != \
         inputs.inputs_key("00_unified_picture", ROOT, "full")
+
+
+def test_docstrings_and_comments_of_a_module_mark_nothing_stale_but_code_does(tmp_path):
+    make_tree(tmp_path)
+    res = record_keys(tmp_path)
+    pkg = tmp_path / "src" / "minigen"
+    (pkg / "__init__.py").write_text('"""pkg, with a longer module map"""\n# a comment\n')
+    (pkg / "sub" / "c.py").write_text('def f():\n    """One, as documented."""\n    return 1\n')
+    assert inputs.stale_chapters(tmp_path, res, ["01_a", "02_b"]) == []
+    (pkg / "sub" / "c.py").write_text('def f():\n    """One, as documented."""\n    return "1"\n')
+    assert [c for c, _ in inputs.stale_chapters(tmp_path, res, ["01_a", "02_b"])] == ["01_a"]
+    # a notebook enters by its full text: its prose is part of the executed copy
+    nb = tmp_path / "notebooks" / "02_b.py"
+    nb.write_text(nb.read_text() + "# %% [markdown]\n# prose\n")
+    assert [c for c, _ in inputs.stale_chapters(tmp_path, res, ["01_a", "02_b"])] == ["01_a", "02_b"]
+    assert inputs.code_fingerprint("x = 1  # one\n") == inputs.code_fingerprint("x = 1\n")
+    documented, bare = 'def f():\n    """doc"""\n', "def f():\n    pass\n"
+    assert inputs.code_fingerprint(documented) == inputs.code_fingerprint(bare)

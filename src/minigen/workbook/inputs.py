@@ -8,6 +8,11 @@ copy and results were made from the tree's inputs as they are (``--force`` rerun
 inputs than the tree's, so a stale number is seen, not hidden. Imports are read from the
 source (``ast``), not executed: a module imported inside a function counts too, and nothing
 is imported to compute a key.
+
+A package module enters the key by its code, not its text: the hash of its syntax tree with
+docstrings removed (``code_fingerprint``), so a comment or a docstring (a subpackage's module
+map gaining a line) marks no chapter stale. A notebook enters by its full text: its prose is
+part of the executed copy.
 """
 
 from __future__ import annotations
@@ -59,14 +64,33 @@ def package_files(source: str, src: Path) -> set[Path]:
     return seen
 
 
+def code_fingerprint(source: str) -> str:
+    """sha256 of ``ast.dump`` of ``source`` without its docstrings (module, class and function):
+    equal for two sources that differ only in comments, docstrings and layout."""
+    tree = ast.parse(source)
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) \
+                and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return hashlib.sha256(ast.dump(tree).encode()).hexdigest()
+
+
+def file_hash(path: Path, src: Path) -> str:
+    """``code_fingerprint`` for a package module under ``src``, sha256 of the bytes otherwise."""
+    if path.suffix == ".py" and path.is_relative_to(src):
+        return code_fingerprint(path.read_text())
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def chapter_inputs(chapter: str, root: Path, mode: str = "full") -> dict[str, str]:
-    """``{file relative to root: sha256}`` of everything the chapter's run depends on, plus the
+    """``{file relative to root: hash}`` (``file_hash``) of everything the chapter's run depends on, plus the
     mode (quick / full / gpu)."""
     notebook = root / "notebooks" / f"{chapter}.py"
     files = {notebook, *package_files(notebook.read_text(), root / "src"),
              *(root / f for f in ENVIRONMENT_FILES if (root / f).is_file())}
-    out = {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-           for p in sorted(files)}
+    out = {p.relative_to(root).as_posix(): file_hash(p, root / "src") for p in sorted(files)}
     out["mode"] = mode
     return out
 
