@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "minigen"
-FAMILIES = {"diffusion", "transport", "flows", "latent", "control", "discrete", "gflownets"}
+FAMILIES = {"diffusion", "transport", "flows", "latent", "sampling", "onestep", "control", "discrete",
+            "gflownets"}
 
 # subpackage -> the minigen subpackages (first component after ``minigen.``) it may import
 ALLOWED = {

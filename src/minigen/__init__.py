@@ -8,7 +8,9 @@ The package is laid out by the five parts of the recipe and by family (book/desi
     transport/  transports between two arbitrary distributions: rectified flow and reflow,
                 stochastic interpolants, generator matching
     flows/      normalizing flows (exact likelihood, exact inverse)
-    latent/     latent-variable models: the VAE
+    latent/     latent-variable models: the VAE, the autoencoder and latent standardisation
+    sampling/   fast sampling of a trained flow: BOSS step sizes, FlowTurbo, blockwise networks
+    onestep/    one- and few-step models: MeanFlow, flow maps and consistency, distillation
     control/    guidance and control of a trained model
     discrete/   discrete and autoregressive models
     gflownets/  generative flow networks

@@ -9,6 +9,10 @@ t = 0 the source, t = 1 the data.
     time_samplers.py  part 3: where in t a loss looks (uniform, logit-normal, mode, likelihood IS, EDM)
     objectives.py     part 3: conditional flow matching, the per-t diagnostic, the loss result type
     ode_solvers.py    part 4: fixed-step and adaptive ODE solvers with NFE counts
+    time_grids.py     part 4: where a fixed-step solver's steps go (uniform in t, uniform in log-SNR)
+    grid_solvers.py   part 4: the fixed-step solvers on any time grid
+    dpm_solver.py     part 4: DDIM, DPM-Solver (orders 1-3) and DPM-Solver++(2M), exponential
+                      integrators in log-SNR
     sde.py            part 4: the forward SDE derived from a path (drift, diffusion, prior)
     sde_solvers.py    part 4: Euler–Maruyama and predictor–corrector samplers
     likelihood.py     part 4: the exact (or Hutchinson) log-likelihood of a flow
