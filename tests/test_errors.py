@@ -160,6 +160,8 @@ def test_bad_metric_inputs():
 
     with pytest.raises(ValueError, match=r"x and y must be \(n, d\) and \(m, d\)"):
         metrics.wasserstein2_squared(torch.zeros(5, 2), torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="must be finite"):  # POT returned 0 for these
+        metrics.wasserstein2_squared(torch.tensor([[0.0, float("nan")], [1.0, 1.0]]), torch.zeros(2, 2))
     with pytest.raises(ValueError, match="W2² must be > 0"):
         metrics.normalized_path_energy(1.0, -0.1)
 

@@ -35,6 +35,8 @@ def wasserstein2_squared(x: Tensor, y: Tensor) -> float:
     if x.ndim < 2 or x[0].numel() != y[0].numel():
         raise ValueError(f"x and y must be (n, d) and (m, d), got {tuple(x.shape)}, {tuple(y.shape)}")
     a, b = _flat(x), _flat(y)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):  # POT would answer 0 ("unbounded")
+        raise ValueError("x and y must be finite (a diverged sampler?)")
     cost = ot.dist(a, b, metric="sqeuclidean")
     return float(ot.emd2(ot.unif(len(a)), ot.unif(len(b)), cost, numItermax=10_000_000))
 
