@@ -30,14 +30,15 @@ Tensor = torch.Tensor
 
 
 class VelocityRefiner(nn.Module):
-    """r(x, v_prev, t): the change of velocity from the cached one, by ``body`` applied to
-    [x, v_prev] concatenated along dim 1 (features or channels), with t as the body's time
-    input (any ``model(inp, t)`` network whose input has twice x's dim 1 and output x's).
+    """r(x, v_prev, t): the change of velocity from the cached one, by a network ``body``.
+
+    ``concat=True``: body(cat[x, v_prev] along dim 1, t), e.g. ``MLP(2 d, out_dim=d)``;
+    ``concat=False``: body(x, t, cond_image=v_prev), e.g. ``UNet(c, cond_channels=c)``.
     The last layer of ``body`` is zeroed, so an untrained refiner keeps the cached velocity."""
 
-    def __init__(self, body: nn.Module):
+    def __init__(self, body: nn.Module, concat: bool = True):
         super().__init__()
-        self.body = body
+        self.body, self.concat = body, concat
         last = [m for m in body.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
@@ -45,7 +46,9 @@ class VelocityRefiner(nn.Module):
     def forward(self, x: Tensor, v_prev: Tensor, t: Tensor) -> Tensor:
         if x.shape != v_prev.shape:
             raise ValueError(f"x and v_prev must have one shape, got {tuple(x.shape)}, {tuple(v_prev.shape)}")
-        return self.body(torch.cat([x, v_prev], 1), t)
+        if self.concat:
+            return self.body(torch.cat([x, v_prev], 1), t)
+        return self.body(x, t, cond_image=v_prev)
 
 
 def refiner_loss(teacher: Velocity, path, h_max: float = 0.2):
