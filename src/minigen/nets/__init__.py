@@ -5,4 +5,5 @@ No paradigm is imported here.
     embeddings.py   sinusoidal time embedding and label embedding
     unet.py         a small U-Net for 8x8 to 28x28 images
     transformer.py  a patch transformer with DiT's adaLN blocks
+    two_time.py     networks of two times, model(x, t, r=None): an MLP and a U-Net (flow maps)
 """
