@@ -6,4 +6,6 @@ No paradigm is imported here.
     unet.py         a small U-Net for 8x8 to 28x28 images
     transformer.py  a patch transformer with DiT's adaLN blocks
     two_time.py     networks of two times, model(x, t, r=None): an MLP and a U-Net (flow maps)
+    token_transformer.py  a causal or bidirectional transformer over tokens with a KV cache
+                    (autoregressive models and discrete denoisers: model(tokens, t=None))
 """
