@@ -51,7 +51,9 @@ def test_kv_cache_logits_equal_uncached(dtype, tol):
         cache = m.new_cache(4)
         stepped = torch.cat([m(x[:, i:i + 1], cache=cache) for i in range(12)], 1)
         cache2 = m.new_cache(4)  # a prefix of 5 at once, then one at a time
-        mixed = torch.cat([m(x[:, :5], cache=cache2)] + [m(x[:, i:i + 1], cache=cache2) for i in range(5, 12)], 1)
+        prefill = m(x[:, :5], cache=cache2)
+        rest = [m(x[:, i:i + 1], cache=cache2) for i in range(5, 12)]
+        mixed = torch.cat([prefill] + rest, 1)
     assert (stepped - full).abs().max() < tol
     assert (mixed - full).abs().max() < tol
     assert cache.lengths.tolist() == [12] * 4
@@ -234,7 +236,8 @@ def test_collective_vectors_and_quantisation_from_a_depth():
     counts = torch.randint(4, (50, 6), generator=g)
     partial, y = resgen.known_sum(q.embed(codes), counts)
     assert torch.allclose(partial + y, q.decode(codes), atol=1e-6)
-    assert torch.allclose(y[counts == 0], torch.zeros(1, 4)) and torch.allclose(partial[counts == 3], torch.zeros(1, 4))
+    assert torch.allclose(y[counts == 0], torch.zeros(1, 4))
+    assert torch.allclose(partial[counts == 3], torch.zeros(1, 4))
     # quantising from depth 0 is the encoder; from depth D - n, of the residual, its deep codes
     assert torch.equal(resgen.quantize_from(q, z, torch.zeros(50, 6, dtype=torch.long)), codes)
     first = 3 - counts

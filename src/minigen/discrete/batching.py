@@ -49,7 +49,8 @@ def _check(model, lengths: list[int], batch: int) -> None:
         raise ValueError(f"request lengths must lie in 1..{model.length}")
 
 @torch.inference_mode()
-def serve_static(model, lengths: list[int], batch: int, generator: torch.Generator | None = None) -> ServeResult:
+def serve_static(model, lengths: list[int], batch: int,
+                 generator: torch.Generator | None = None) -> ServeResult:
     """Requests in arrival order, ``batch`` at a time; each batch decodes max(lengths) steps."""
     _check(model, lengths, batch)
     bos, outputs, steps, used, paid = model.vocab - 1, [], 0, 0, 0
@@ -69,7 +70,8 @@ def serve_static(model, lengths: list[int], batch: int, generator: torch.Generat
     return ServeResult(outputs, steps, used, paid, time.perf_counter() - t0)
 
 @torch.inference_mode()
-def serve_inflight(model, lengths: list[int], batch: int, generator: torch.Generator | None = None) -> ServeResult:
+def serve_inflight(model, lengths: list[int], batch: int,
+                   generator: torch.Generator | None = None) -> ServeResult:
     """``batch`` slots; a slot takes the next request as soon as its request is done."""
     _check(model, lengths, batch)
     bos = model.vocab - 1

@@ -37,7 +37,8 @@ class BernoulliMixture:
 
     def __init__(self, weights: Tensor, probs: Tensor):
         if probs.ndim != 2 or weights.shape != probs.shape[:1]:
-            raise ValueError(f"need weights (K,) and probs (K, D), got {tuple(weights.shape)}, {tuple(probs.shape)}")
+            raise ValueError(f"need weights (K,) and probs (K, D), got {tuple(weights.shape)}, "
+                             f"{tuple(probs.shape)}")
         if not (weights > 0).all() or not ((probs > 0) & (probs < 1)).all():
             raise ValueError("weights must be positive and probs inside (0, 1)")
         self.log_w = torch.log(weights.double() / weights.sum())
@@ -107,7 +108,8 @@ class SelfConsistency:
 
     def loss(self, model, x: Tensor, generator: torch.Generator, per_sample: bool = False) -> LossResult:
         b, d = x.shape
-        rank = torch.rand(b, d, generator=generator).argsort(1).argsort(1)  # position -> its place in the order
+        # rank[b, i]: the place of position i in row b's random order
+        rank = torch.rand(b, d, generator=generator).argsort(1).argsort(1)
         j = torch.randint(d, (b, 1), generator=generator)
         observed, i = rank < j, (rank == j).long().argmax(1)
         before = partial_tokens(x, observed, self.n_classes)

@@ -19,7 +19,8 @@ masks tells it t (MDLM, §3.2).
 Integrating t out of the NELBO: a pattern with m of L tokens masked has weight
 int t^(L-m) (1-t)^(m-1) dt = (L-m)! (m-1)! / L!, and the C(L, m) patterns of size m together 1/m:
 
-    NELBO = sum_{m=1}^{L} E_{|M| = m} [ (1/m) sum_{i in M} CE_i ] = L E_{m ~ U{1..L}} E_M [mean_{i in M} CE_i],
+    NELBO = sum_{m=1}^{L} E_{|M| = m} [ (1/m) sum_{i in M} CE_i ]
+          = L E_{m ~ U{1..L}} E_M [mean_{i in M} CE_i],
 
 the any-order autoregressive bound (Hoogeboom et al., 2022; Shi et al., 2024, App. F). The
 estimator in t has infinite variance (a single masked token near t = 1 carries weight 1/(1-t));

@@ -103,7 +103,8 @@ class CollectiveMaskedDiffusion:
         partial, y = known_sum(self.quantizer.embed(codes), counts)
         nll = mixture_nll(*model(partial, counts), y) * (counts > 0)
         per = nll.sum(1) / (counts > 0).sum(1).clamp(min=1)
-        return LossResult(nll.sum() / (counts > 0).sum().clamp(min=1), per.detach() if per_sample else None, t)
+        return LossResult(nll.sum() / (counts > 0).sum().clamp(min=1),
+                          per.detach() if per_sample else None, t)
 
     __call__ = loss
 

@@ -7,7 +7,8 @@ and between grid times s < t (s noisier) q(x_s | x_t) = r delta + (1 - r)/K with
 One reverse step s -> t uses the x0-parametrisation (App. A.2):
 
     p(x_t | x_s) = sum_x0 q(x_t | x_s, x0) p_theta(x0 | x_s, s)
-                 = q(x_s | x_t) [abar_t w(x_t) + (1 - abar_t)/K sum_x0 w(x0)],  w(x0) = p_theta(x0)/q(x_s | x0),
+                 = q(x_s | x_t) [abar_t w(x_t) + (1 - abar_t)/K sum_x0 w(x0)],
+    w(x0) = p_theta(x0) / q(x_s | x0),
 
 and the T-step NELBO is sum_k E[KL(q(x_{t_{k+1}} | x_{t_k}, x) || p(x_{t_{k+1}} | x_{t_k}))]: at the
 last step q(x_1 | ., x) = delta_x, so its KL is the reconstruction term -log p(x | x_{t_{T-1}}); the
