@@ -219,6 +219,38 @@ def test_rvq_error_falls_with_depth_and_encoding_is_greedy_argmin():
         r = r - q.codebooks[d][dist.argmin(1)]
 
 
+def test_rvq_matches_vector_quantize_pytorch():
+    """An independent implementation (lucidrains' ``vector-quantize-pytorch``): with our codebooks
+    loaded, its ``ResidualVQ`` picks the same codes and the same reconstruction; fitted its own way
+    (k-means init, then EMA updates), its error at every depth is within 20% of our residual
+    k-means' (measured 0.96-1.05x over four seeds)."""
+    from vector_quantize_pytorch import ResidualVQ
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(400, 5, 4, generator=g) * torch.tensor([2.0, 1.0, 0.5, 0.25])
+    q = rvq.ResidualQuantizer(4, 8).fit(z, g)
+    codes = q.encode(z)
+    ref = ResidualVQ(dim=4, num_quantizers=4, codebook_size=8).eval()
+    with torch.no_grad():
+        for d, layer in enumerate(ref.layers):
+            layer._codebook.embed.copy_(q.codebooks[d][None])
+            layer._codebook.initted.fill_(True)
+        out, idx, _ = ref(z)
+    assert torch.equal(idx, codes)
+    torch.testing.assert_close(out, q.decode(codes), atol=1e-5, rtol=0)
+    torch.manual_seed(0)
+    fit = ResidualVQ(dim=4, num_quantizers=4, codebook_size=8, kmeans_init=True, kmeans_iters=25,
+                     decay=0.9, threshold_ema_dead_code=0).train()
+    for _ in range(100):
+        fit(z)
+    with torch.no_grad():
+        _, theirs, _ = fit.eval()(z)
+        books = [layer._codebook.embed[0] for layer in fit.layers]
+        for d in range(1, 5):
+            ours_mse = ((q.decode(codes[..., :d]) - z) ** 2).mean()
+            their_mse = ((sum(books[k][theirs[..., k]] for k in range(d)) - z) ** 2).mean()
+            assert ours_mse <= 1.2 * their_mse, (d, ours_mse, their_mse)
+
+
 def test_rvq_bad_inputs():
     with pytest.raises(ValueError):
         rvq.ResidualQuantizer(0, 8)

@@ -69,6 +69,12 @@ def test_a_results_file_without_a_key_or_missing_is_stale(tmp_path):
         ("01_a", "no inputs key recorded (commit old)"), ("02_b", "no results")]
 
 
+def test_the_key_s_own_code_is_not_an_input_but_the_recorder_is():
+    files = inputs.chapter_inputs("00_unified_picture", ROOT)
+    assert "src/minigen/workbook/record.py" in files
+    assert "src/minigen/workbook/inputs.py" not in files
+
+
 def test_the_modes_have_different_keys():
     assert inputs.inputs_key("00_unified_picture", ROOT, "quick") != \
         inputs.inputs_key("00_unified_picture", ROOT, "full")
@@ -90,3 +96,47 @@ def test_docstrings_and_comments_of_a_module_mark_nothing_stale_but_code_does(tm
     assert inputs.code_fingerprint("x = 1  # one\n") == inputs.code_fingerprint("x = 1\n")
     documented, bare = 'def f():\n    """doc"""\n', "def f():\n    pass\n"
     assert inputs.code_fingerprint(documented) == inputs.code_fingerprint(bare)
+
+
+def test_the_lock_enters_by_its_runtime_pins_only(tmp_path):
+    make_tree(tmp_path)
+    res = record_keys(tmp_path)
+    chapters = ["01_a", "02_b"]
+    lock = tmp_path / "constraints.txt"
+    lock.write_text("# a comment\ntorch==2.13.0\n\n# --- test-only ---\ndiffusers==0.42.1\n")
+    assert inputs.stale_chapters(tmp_path, res, chapters) == []  # comments, test-only pins
+    lock.write_text(lock.read_text() + "vector-quantize-pytorch==1.32.0\n")
+    assert inputs.stale_chapters(tmp_path, res, chapters) == []
+    lock.write_text("numpy==2.3.0\ntorch==2.13.0\n# --- test-only ---\ndiffusers==0.42.1\n")
+    assert [c for c, _ in inputs.stale_chapters(tmp_path, res, chapters)] == chapters
+    assert inputs.test_only_pins(lock.read_text()) == ["diffusers==0.42.1"]
+
+
+def _top_level_imports(source: str) -> set[str]:
+    import ast
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_no_notebook_or_package_module_imports_a_test_only_library():
+    """The promise behind leaving the test-only pins out of the key: a chapter's run cannot
+    import them. Import names come from the installed distributions' metadata."""
+    from importlib.metadata import packages_distributions
+    test_only = {p.split("==")[0].lower().replace("_", "-")
+                 for p in inputs.test_only_pins((ROOT / "constraints.txt").read_text())}
+    assert {"diffusers", "vector-quantize-pytorch"} <= test_only
+    by_dist: dict[str, set[str]] = {}
+    for module, dists in packages_distributions().items():
+        for d in dists:
+            by_dist.setdefault(d.lower().replace("_", "-"), set()).add(module)
+    forbidden = set().union(*(by_dist.get(d, set()) for d in test_only))
+    assert {"diffusers", "vector_quantize_pytorch"} <= forbidden
+    sources = [*(ROOT / "src" / "minigen").rglob("*.py"), *(ROOT / "notebooks").glob("*.py")]
+    used = {p.relative_to(ROOT).as_posix(): _top_level_imports(p.read_text()) & forbidden
+            for p in sources}
+    assert {p: u for p, u in used.items() if u} == {}

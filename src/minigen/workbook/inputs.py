@@ -12,7 +12,10 @@ is imported to compute a key.
 A package module enters the key by its code, not its text: the hash of its syntax tree with
 docstrings removed (``code_fingerprint``), so a comment or a docstring (a subpackage's module
 map gaining a line) marks no chapter stale. A notebook enters by its full text: its prose is
-part of the executed copy.
+part of the executed copy. The lock enters by its pins above the ``# --- test-only ---`` line
+(``runtime_pins``): the cross-check libraries below it are imported by tests only, so adding
+one re-keys no chapter. This module is not an input itself: it computes the key, no figure (a
+change to what it computes changes the keys anyway).
 """
 
 from __future__ import annotations
@@ -23,6 +26,21 @@ import json
 from pathlib import Path
 
 ENVIRONMENT_FILES = ("constraints.txt",)  # the lock: every dependency pinned
+TEST_ONLY_LINE = "# --- test-only ---"  # in the lock: the pins below it are the tests' alone
+NOT_INPUTS = ("minigen/workbook/inputs.py",)  # the key's own code
+
+
+def runtime_pins(lock: str) -> list[str]:
+    """The pin lines of a lock file above ``TEST_ONLY_LINE``, sorted, comments and blanks left out."""
+    head = lock.split(TEST_ONLY_LINE, 1)[0]
+    return sorted(ln.strip() for ln in head.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))
+
+
+def test_only_pins(lock: str) -> list[str]:
+    """The pin lines below ``TEST_ONLY_LINE`` (none if the lock has no such line)."""
+    parts = lock.split(TEST_ONLY_LINE, 1)
+    tail = parts[1] if len(parts) == 2 else ""
+    return sorted(ln.strip() for ln in tail.splitlines() if ln.strip() and not ln.lstrip().startswith("#"))
 
 
 def minigen_imports(source: str) -> set[str]:
@@ -58,7 +76,8 @@ def package_files(source: str, src: Path) -> set[Path]:
             parts = name.split(".")
             for i in range(1, len(parts) + 1):
                 path = module_file(".".join(parts[:i]), src)
-                if path is not None and path not in seen:
+                if path is not None and path not in seen \
+                        and not path.as_posix().endswith(NOT_INPUTS):
                     seen.add(path)
                     todo.append(path.read_text())
     return seen
@@ -78,9 +97,12 @@ def code_fingerprint(source: str) -> str:
 
 
 def file_hash(path: Path, src: Path) -> str:
-    """``code_fingerprint`` for a package module under ``src``, sha256 of the bytes otherwise."""
+    """``code_fingerprint`` for a package module under ``src``, sha256 of ``runtime_pins`` for the
+    lock, sha256 of the bytes otherwise."""
     if path.suffix == ".py" and path.is_relative_to(src):
         return code_fingerprint(path.read_text())
+    if path.name in ENVIRONMENT_FILES:
+        return hashlib.sha256("\n".join(runtime_pins(path.read_text())).encode()).hexdigest()
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
