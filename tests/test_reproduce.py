@@ -258,6 +258,24 @@ def test_a_full_run_reuses_chapters_whose_inputs_are_unchanged(tiny_repo, capsys
     assert "reusing" not in capsys.readouterr().out  # ... and is never taken for a full one
 
 
+def test_a_plain_full_run_after_make_book_reuses_the_committed_record(tiny_repo, capsys):
+    """``make book`` (--record) stamps the executed copy and writes results/full/; a plain full
+    run then executes nothing and takes the committed record into build/results/full/."""
+    git(tiny_repo, "commit", "-qam", "x", "--allow-empty")
+    assert reproduce.main(["99", "--record", "--jobs", "1"]) == 0
+    committed = (tiny_repo / "results/full/99_tiny.json").read_bytes()
+    capsys.readouterr()
+    assert reproduce.main(["99", "--jobs", "1", "--check"]) == 0
+    out = capsys.readouterr().out
+    assert "reusing 99_tiny" in out and "notebook(s), mode=" not in out
+    assert (tiny_repo / "build/results/full/99_tiny.json").read_bytes() == committed
+    assert (tiny_repo / "results/full/99_tiny.json").read_bytes() == committed
+    (tiny_repo / "notebooks" / "99_tiny.py").write_text(TINY_CHAPTER + "\n# an edit\n")
+    assert reproduce.main(["99", "--jobs", "1"]) == 0  # the committed record's key is old now
+    assert "reusing" not in capsys.readouterr().out
+    assert (tiny_repo / "results/full/99_tiny.json").read_bytes() == committed
+
+
 def test_stale_lists_results_made_from_other_inputs(tiny_repo, capsys):
     assert reproduce.main(["--stale"]) == 0
     assert "99_tiny: no inputs key recorded" in capsys.readouterr().out

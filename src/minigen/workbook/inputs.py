@@ -154,16 +154,24 @@ def stamp(root: Path, out_dir: Path, mode: str, stems: list[str]) -> None:
         inputs_stamp(out_dir, stem).write_text(f"{mode}:{key}\n")
 
 
-def reusable(root: Path, chapters: list[Path], out_dir: Path, results: Path,
-             mode: str) -> list[Path]:
-    """The chapters whose executed copy (its stamp) and results file (its recorded key) were
-    both made in ``mode`` from the tree's inputs as they are now: nothing to rerun."""
-    keep = []
+def reusable(root: Path, chapters: list[Path], out_dir: Path, results: Path, mode: str,
+             also: Path | None = None) -> dict[Path, Path]:
+    """``{chapter: its results file}`` for the chapters whose executed copy (its stamp) and results
+    file (its recorded key) were both made in ``mode`` from the tree's inputs as they are now:
+    nothing to rerun. The results file is looked for in ``results``, then in ``also`` (a plain
+    full run, which writes build/results/full/, also takes the committed results/full/ that
+    ``make book`` wrote beside the same executed copy)."""
+    keep = {}
     for p in chapters:
         key = inputs_key(p.stem, root, "full")
-        st, res = inputs_stamp(out_dir, p.stem), results / f"{p.stem}.json"
-        if (out_dir / f"{p.stem}.ipynb").is_file() and st.is_file() and res.is_file() \
-                and st.read_text().strip() == f"{mode}:{key}" \
-                and json.loads(res.read_text()).get("inputs", {}).get("key") == key:
-            keep.append(p)
+        st = inputs_stamp(out_dir, p.stem)
+        if not ((out_dir / f"{p.stem}.ipynb").is_file() and st.is_file()
+                and st.read_text().strip() == f"{mode}:{key}"):
+            continue
+        for folder in (results, also):
+            res = folder / f"{p.stem}.json" if folder is not None else None
+            if res is not None and res.is_file() \
+                    and json.loads(res.read_text()).get("inputs", {}).get("key") == key:
+                keep[p] = res
+                break
     return keep

@@ -353,8 +353,14 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out) if Path(args.out).is_absolute() else root / args.out
     before = tables.snapshot(results)
     failed: list[RunResult] = []
-    reused = [] if args.force or args.mode == "quick" or args.no_run else \
-        inputs.reusable(root, chapters, out_dir, results, args.mode)
+    committed = results_dir(results_mode, committed=True)
+    reused = {} if args.force or args.mode == "quick" or args.no_run else \
+        inputs.reusable(root, chapters, out_dir, results, args.mode,
+                        also=None if results == committed else committed)
+    for res in reused.values():  # a committed record taken by a plain run: into build/results/
+        if res.parent != results:
+            results.mkdir(parents=True, exist_ok=True)
+            (results / res.name).write_bytes(res.read_bytes())
     if reused:
         print(f"reproduce: inputs unchanged, reusing {', '.join(p.stem for p in reused)} "
               "(--force reruns them)", flush=True)
