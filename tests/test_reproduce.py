@@ -301,6 +301,11 @@ def test_the_longest_chapters_are_scheduled_first(results, tmp_path):
     assert [p.stem for p in order] == ["02_b", "01_a", "03_c", "04_new"]  # unknown last
     assert estimate == 300.0  # 02 on one worker; 01 + 03 on the other
     assert schedule.longest_first(chapters, results / "full", jobs=1)[1] == 450.0
+    # a plain run's folder holds nothing yet: the estimates come from the committed records
+    empty = tmp_path / "build-results"
+    empty.mkdir()
+    assert schedule.last_wall_times(chapters, empty)["02_b"] == 0.0
+    assert schedule.longest_first(chapters, empty, jobs=1, also=results / "full")[1] == 450.0
 
 
 def test_the_progress_line_names_the_running_chapters_and_the_time_left():

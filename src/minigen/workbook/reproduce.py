@@ -354,9 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     before = tables.snapshot(results)
     failed: list[RunResult] = []
     committed = results_dir(results_mode, committed=True)
+    also = None if results == committed else committed  # a plain run: the committed records too
     reused = {} if args.force or args.mode == "quick" or args.no_run else \
-        inputs.reusable(root, chapters, out_dir, results, args.mode,
-                        also=None if results == committed else committed)
+        inputs.reusable(root, chapters, out_dir, results, args.mode, also=also)
     for res in reused.values():  # a committed record taken by a plain run: into build/results/
         if res.parent != results:
             results.mkdir(parents=True, exist_ok=True)
@@ -364,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     if reused:
         print(f"reproduce: inputs unchanged, reusing {', '.join(p.stem for p in reused)} "
               "(--force reruns them)", flush=True)
-    to_run, estimate = longest_first([p for p in chapters if p not in reused], results, args.jobs)
-    last = last_wall_times(to_run, results)
+    to_run, estimate = longest_first([p for p in chapters if p not in reused], results, args.jobs, also)
+    last = last_wall_times(to_run, results, also)
     if not args.no_run and to_run:
         print(f"reproduce: {len(to_run)} notebook(s), mode={args.mode}, jobs={args.jobs}, "
               f"out={out_dir}, results={results}; about {estimate:.0f} s by the last recorded "

@@ -13,11 +13,15 @@ import time
 from pathlib import Path
 
 
-def last_wall_times(chapters: list[Path], results: Path) -> dict[str, float]:
-    """Each chapter's last recorded ``wall_s`` in ``results`` (0 when none is recorded)."""
+def last_wall_times(chapters: list[Path], results: Path, also: Path | None = None) -> dict[str, float]:
+    """Each chapter's last recorded ``wall_s`` in ``results``, else in ``also`` (a plain full run
+    estimates from the committed results/full/), 0 when neither records one."""
     def last(p: Path) -> float:
-        f = results / f"{p.stem}.json"
-        return float(json.loads(f.read_text()).get("wall_s", 0.0)) if f.is_file() else 0.0
+        for folder in (results, also):
+            f = folder / f"{p.stem}.json" if folder is not None else None
+            if f is not None and f.is_file():
+                return float(json.loads(f.read_text()).get("wall_s", 0.0))
+        return 0.0
     return {p.stem: last(p) for p in chapters}
 
 
@@ -30,10 +34,11 @@ def makespan(durations: list[float], workers: int, busy: list[float] | None = No
     return max(load) if load else 0.0
 
 
-def longest_first(chapters: list[Path], results: Path, jobs: int) -> tuple[list[Path], float]:
-    """The chapters ordered by their last recorded wall time, longest first (so ``jobs`` workers
-    finish together; unknown ones last), and the estimated wall time of the batch."""
-    last = last_wall_times(chapters, results)
+def longest_first(chapters: list[Path], results: Path, jobs: int,
+                  also: Path | None = None) -> tuple[list[Path], float]:
+    """The chapters ordered by their last recorded wall time (``last_wall_times``), longest first
+    (so ``jobs`` workers finish together; unknown ones last), and the estimated wall time of the batch."""
+    last = last_wall_times(chapters, results, also)
     ordered = sorted(chapters, key=lambda p: last[p.stem], reverse=True)
     return ordered, makespan([last[p.stem] for p in ordered], min(jobs, len(chapters)))
 
