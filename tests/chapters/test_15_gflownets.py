@@ -32,6 +32,12 @@ def test_15_gflownets():
         assert value(r, f"l1_exact_{kind}_2d") < value(r, "l1_init_2d")
         assert 0 <= value(r, f"l1_exact_{kind}_4d") <= 2
         assert value(r, f"modes_found_{kind}_4d") <= value(r, "modes_total_4d") == 16
+    # the sweep over heights and reward floors: every cell recorded, as an L1 and a mode count
+    for h in (8, 16):
+        for k in ("0p1", "0p01", "0p001"):
+            assert 0 <= value(r, f"sweep_l1_exact_tb_h{h}_r0_{k}") <= 2
+            assert value(r, f"sweep_abs_logz_err_tb_h{h}_r0_{k}") >= 0
+            assert 1 <= value(r, f"sweep_modes_found_tb_h{h}_r0_{k}") <= 4
     # OC-GFN and OP-GFN are recorded; the OP sampler moves mass onto the top states
     for k in ("0p1", "0p01", "0p001"):
         assert 0 <= value(r, f"oc_l1_zero_shot_r0_{k}") <= 2
