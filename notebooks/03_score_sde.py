@@ -615,7 +615,9 @@ fig.tight_layout()
 # At the full-mode CPU budget (2500 steps of a width-16 U-Net, NFE 60) the best sampler by FD was
 # EM: FD 7.7× the real-vs-real floor (4.93 at n = 1000; PC 8.6×, ODE 8.5×), precision 0.74 and
 # recall 1.03 of the floor's; the classifier's mean top-class probability was 0.76 (the target is
-# 0.8, missed) and the classes held 5.0%–13.3% of the samples (the target, 5–15%, is met). With
+# 0.8, missed) and the classes held 5.0%–13.3% of the samples (the target, 5–15%, is met — by
+# one sample: the same run on one thread instead of two rounds its floats differently and gives
+# 4.9%–13.1%, 49 of 1000 in the rarest class, within the 0.7-point standard error of a 5% share). With
 # the earlier recipe — 1500 steps at a constant 1e-3, no clipping — the same sampler gave FD
 # 13.5× the floor, confidence 0.72 and a largest class of 15.5%: training, not the sampler, is
 # the bottleneck (EM at 200 NFE instead of 60 moved that model's confidence by only 0.01). The
