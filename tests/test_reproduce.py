@@ -321,8 +321,9 @@ def test_the_progress_line_names_the_running_chapters_and_the_time_left():
     now[0] = 110.0
     p.finished("01_a")  # 03 starts now
     assert p.running == {"02_b": 0.0, "03_c": 110.0} and p.done == 1
-    now[0] = 400.0  # over every estimate: nothing negative
+    now[0] = 400.0  # over every estimate: nothing negative, and the line says the overrun
     assert p.left() == 0.0
+    assert p.line().endswith("about 0 s left + 2 chapter(s) past their estimate")
     fresh = schedule.Progress(["09_new"], jobs=2, estimates={}, clock=lambda: now[0])
     assert fresh.line().endswith("09_new (0 s, no estimate); 0 of 1 done; 0 s elapsed, "
                                  "about 0 s left + 1 chapter(s) never timed")

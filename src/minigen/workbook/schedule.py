@@ -73,6 +73,8 @@ class Progress:
         run = ", ".join(f"{s} ({now - t:.0f} s, {est(s)})" for s, t in self.running.items())
         total = self.done + len(self.running) + len(self.pending)
         unknown = [s for s in [*self.running, *self.pending] if not self.estimates.get(s)]
+        over = [s for s, t in self.running.items() if self.estimates.get(s) and now - t > self.estimates[s]]
         left = f"about {self.left():.0f} s left"
         left += f" + {len(unknown)} chapter(s) never timed" if unknown else ""
+        left += f" + {len(over)} chapter(s) past their estimate" if over else ""
         return f"running: {run or 'none'}; {self.done} of {total} done; {now - self.t0:.0f} s elapsed, {left}"
