@@ -1,7 +1,7 @@
 """kv_cache: what chapter 14's key-value cache buys — autoregressive sampling with and without
 it, in tokens per second, at the chapter's setting, on one CPU thread.
 
-    .venv/bin/python benchmarks/kv_cache.py             # length 64, batch 64 (about a minute)
+    .venv/bin/python benchmarks/kv_cache.py             # length 64, batch 64, 21 pairs (under a minute)
     .venv/bin/python benchmarks/kv_cache.py --quick     # smoke run, a few seconds
 
 Setting: ``minigen.nets.token_transformer.TokenTransformer`` as chapter 14 builds it (causal,
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--length", type=int, default=64)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--blocks", type=int, default=7, help="timed runs per contender")
+    ap.add_argument("--blocks", type=int, default=21, help="timed runs per contender")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
