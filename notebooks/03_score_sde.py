@@ -780,7 +780,7 @@ metrics["bpd_mnist_decoded"] = metric(bpd_dec_mean, "bits/dim", "lower")
 metrics["bpd_mnist_decoded_se"] = metric(bpd_dec_se, "bits/dim", "lower")
 metrics["bpd_ratio_mnist_decoded_over_pixels"] = metric(bpd_dec_mean / bpd_img_baseline, "", "lower")
 for sig, b in bpd_sigma.items():
-    metrics[f"bpd_mnist_decoded_sigma{sig:g}"] = metric(b, "bits/dim", "lower")
+    metrics[f"bpd_mnist_decoded_sigma{key_number(sig)}"] = metric(b, "bits/dim", "lower")
 for (w, n), b in bpd_conv.items():
     metrics[f"bpd_mnist_conv_warp{w:.0f}_steps{n}"] = metric(b, "bits/dim", "lower")
 metrics["ms_per_step_mnist_unet"] = metric(ms_img, "ms", "lower")

@@ -175,3 +175,15 @@ def reusable(root: Path, chapters: list[Path], out_dir: Path, results: Path, mod
                 keep[p] = res
                 break
     return keep
+
+
+def take_reusable(root: Path, chapters: list[Path], out_dir: Path, results: Path, mode: str,
+                  also: Path | None) -> dict[Path, Path]:
+    """``reusable``'s chapters; a record found in ``also`` (the committed results/full/ that a
+    plain run also reads) is copied into ``results``, where the run's tables look for it."""
+    reused = reusable(root, chapters, out_dir, results, mode, also=also)
+    for res in reused.values():
+        if res.parent != results:
+            results.mkdir(parents=True, exist_ok=True)
+            (results / res.name).write_bytes(res.read_bytes())
+    return reused

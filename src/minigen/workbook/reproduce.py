@@ -356,11 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     committed = results_dir(results_mode, committed=True)
     also = None if results == committed else committed  # a plain run: the committed records too
     reused = {} if args.force or args.mode == "quick" or args.no_run else \
-        inputs.reusable(root, chapters, out_dir, results, args.mode, also=also)
-    for res in reused.values():  # a committed record taken by a plain run: into build/results/
-        if res.parent != results:
-            results.mkdir(parents=True, exist_ok=True)
-            (results / res.name).write_bytes(res.read_bytes())
+        inputs.take_reusable(root, chapters, out_dir, results, args.mode, also)
     if reused:
         print(f"reproduce: inputs unchanged, reusing {', '.join(p.stem for p in reused)} "
               "(--force reruns them)", flush=True)
