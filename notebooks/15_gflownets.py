@@ -89,6 +89,8 @@ op_steps = 2000  # the order-preserving GFlowNet
 sweep_heights = (8, 16)  # TB on the 2D grid at each height and each reward floor of r0s
 r0s = (0.1, 0.01, 0.001)
 sweep_steps = 1000
+explore_epsilon = 0.3  # the sweep's failing cell (H = 16, R0 = 0.001) again, exploring
+explore_steps = 3000
 defaults = parameter_defaults(globals())  # before papermill's injected parameters
 
 # %%
@@ -124,15 +126,17 @@ torch.set_num_threads(1)
 t_start = time.perf_counter()
 mode = "quick" if quick else "full"
 if quick:
-    apply_quick(globals(), defaults, steps_2d=120, steps_4d=60, eval_every=20, n_samples=4000,
-                floor_draws=3, oc_steps=100, scratch_steps=60, op_steps=100, sweep_steps=40)
+    apply_quick(globals(), defaults, steps_2d=80, steps_4d=40, eval_every=20, n_samples=2000,
+                floor_draws=3, oc_steps=60, scratch_steps=60, op_steps=100, sweep_steps=20,
+                explore_steps=40)
 print(f"{mode}: 2D {steps_2d} steps, 4D {steps_4d} steps, batch {batch}; L1 from {n_samples} samples")
 metrics, wall = {}, {}
 
 # %% [markdown]
 # **What runs.** Full mode trains each loss on the 2D grid for 2000 steps and TB, DB and SubTB
 # on the 4D grid for 4000 steps (batch 16, $R_0=0.1$, Adam with a cosine decay), pre-trains an
-# outcome-conditioned GFlowNet for 3000 steps and an order-preserving one for 2000. Quick mode
+# outcome-conditioned GFlowNet for 3000 steps and an order-preserving one for 2000, and sweeps TB over
+# heights and reward floors (1000 steps per cell, the failing cell again exploring, 3000). Quick mode
 # runs each for a few dozen steps: its figures say only that the code runs.
 #
 # ## The grid, enumerated
@@ -356,7 +360,46 @@ plt.show()
 # leaves the first corner**: one mode of four. It samples the quadrant at the origin, which holds
 # 20.0% of $R/Z$, in proportion to $R$ there, so its L1 is $2(1-0.200)=1.60$ and its $\log Z$ that
 # quadrant's, $\log0.200=-1.61$ from the exact one. Nothing in TB's loss sees a mode that no
-# trajectory visits; the trajectories must find it (exercise 3).
+# trajectory visits; the trajectories must find it.
+#
+# **Exploration.** The same cell again, with each rollout's policy mixed with the uniform one
+# over the valid actions (weight $\epsilon$, `sample_trajectories(..., epsilon)`). TB's loss is
+# a squared log-ratio, minimised by the balanced flow whatever distribution the trajectories come
+# from, so off-policy rollouts are allowed; they only decide which trajectories the loss sees.
+
+# %%
+t0 = time.perf_counter()
+e16 = Hypergrid(2, 16, r0=0.001)
+torch.manual_seed(seed)
+model = GFlowNetMLP(e16, width=width)
+run_x = train_gflownet(model, e16, "tb", explore_steps, batch=batch, lr=lr, lr_log_z=lr_log_z,
+                       epsilon=explore_epsilon, seed=seed, eval_every=max(explore_steps // 30, 1))
+err = abs(log_z_estimate(model, e16, "tb") - log_partition(e16))
+first4 = next((s for s, m in zip(run_x.steps, run_x.modes) if m == 4), None)
+print(f"H = 16, R0 = 0.001, epsilon = {explore_epsilon}, {explore_steps} steps: exact L1 {run_x.l1[-1]:.4f}, "
+      f"|log Z - exact| {err:.4f}, modes found {run_x.modes[-1]} of 4 (all four by step {first4})")
+metrics["explore_l1_exact_tb_h16_r0_0p001"] = metric(run_x.l1[-1], "", "lower")
+metrics["explore_abs_logz_err_tb_h16_r0_0p001"] = metric(err, "nats", "lower")
+metrics["explore_modes_found_tb_h16_r0_0p001"] = metric(run_x.modes[-1], "", "higher")
+wall["explore"] = time.perf_counter() - t0
+fig, ax = plt.subplots(1, 2, figsize=(8.6, 3.2))
+ax[0].plot(sweep[(16, 0.001)].steps, sweep[(16, 0.001)].l1, label=f"on-policy, {sweep_steps} steps")
+ax[0].plot(run_x.steps, run_x.l1, label=f"epsilon = {explore_epsilon}")
+ax[0].set_yscale("log"), ax[0].set_title("H = 16, R0 = 0.001: exact L1"), ax[0].legend(fontsize=8)
+ax[1].plot(sweep[(16, 0.001)].steps, sweep[(16, 0.001)].modes)
+ax[1].plot(run_x.steps, run_x.modes)
+ax[1].set_title("modes found")
+for a in ax:
+    a.set_xlabel("training step")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# In the full run $\epsilon=0.3$ finds all four modes (the last by step 700) and brings the
+# exact L1 from 1.60 to 0.30 and $|\log Z-\text{exact}|$ from 1.61 to 0.11 in 3000 steps:
+# exploration finds the modes, but 3000 steps of batch 16 do not yet balance the flow into
+# them. Smaller $\epsilon$ is not enough here: in 1000 steps 0.1 stayed in the first corner and
+# 0.3 reached three (exercise 3).
 
 # %% [markdown]
 # ## Outcome-conditioned GFlowNets: pre-train without a reward, adapt for free
@@ -487,7 +530,8 @@ ResultsTable(metrics)
 # 0.003; SubTB (λ = 0.9) 0.124 / 0.222 (1.46×), 0.019 — slower than DB and TB here, at this one λ
 # and learning rate. All three found the 16 modes. The targets (|Δ log Z| ≤ 0.05 and sample
 # L1 ≤ 1.5× the floor for TB on 2D and 4D, R0 = 0.1) are met; over heights and reward floors, TB
-# learns every floor at H = 8 and fails at H = 16, R0 = 0.001, where it finds one mode of four.
+# learns every floor at H = 8 and fails at H = 16, R0 = 0.001, where it finds one mode of four
+# on-policy and all four with ε = 0.3 exploration (exact L1 0.30 after 3000 steps).
 # OC-GFN: after 3000 reward-free
 # steps (batch 32) it reaches the outcome asked for in 60% of rollouts, and its zero-shot policy
 # scores L1 0.159 / 0.184 / 0.190 for R0 = 0.1 / 0.01 / 0.001, which TB from scratch matches after
@@ -504,6 +548,9 @@ ResultsTable(metrics)
 # * Measured exactly — the policy's terminal distribution by DP — and as a sampler — $N$
 #   rollouts against the sampling floor of $N$ exact draws — the trained GFlowNets reach the
 #   figures printed above, with TB's learned $\log Z$ next to the exact one.
+# * A loss only balances the trajectories it is shown: with deep valleys ($R_0=0.001$) the
+#   on-policy sampler never reaches the far modes, and off-policy ($\epsilon$-uniform) rollouts,
+#   which every balance loss admits, are what finds them.
 # * The forward-looking flow $\tilde F=F/R$ gives each edge the change of reward along it and
 #   makes the terminating edge reward-free, so FL-DB trains from trajectories cut before their
 #   end.
@@ -518,8 +565,9 @@ ResultsTable(metrics)
 # 1. Learn the backward policy too (`GFlowNetMLP(env, learn_pb=True)`). Does TB converge
 #    faster on the 4D grid? Is the learned $\log Z$ still the exact one — and why must it be?
 # 2. Sweep SubTB's $\lambda$ over 0.5, 0.9, 0.99, 2. Which end behaves like DB and which like TB?
-# 3. Rerun the sweep's failing cell ($H=16$, $R_0=0.001$) with $\epsilon$-uniform exploration
-#    ($\epsilon=0.05$, then 0.2) and count the modes found; then set $R_0=0.001$ on the 4D grid.
+# 3. The exploring run found every mode and stopped at L1 0.30. Decay $\epsilon$ to 0 over
+#    training, or replay the best trajectories seen so far: which reaches L1 below 0.05 first?
+#    Then set $R_0=0.001$ on the 4D grid.
 # 4. Train DB and FL-DB on trajectories cut at a fixed length $k$ (`sample_trajectories(...,
 #    max_len=k)`). Which still learns, and what is the smallest $k$ that works?
 # 5. OC-GFN: replace the exact sum over outcomes by a Monte Carlo estimate over 8 outcomes

@@ -38,6 +38,10 @@ def test_15_gflownets():
             assert 0 <= value(r, f"sweep_l1_exact_tb_h{h}_r0_{k}") <= 2
             assert value(r, f"sweep_abs_logz_err_tb_h{h}_r0_{k}") >= 0
             assert 1 <= value(r, f"sweep_modes_found_tb_h{h}_r0_{k}") <= 4
+    # the failing cell again with epsilon-uniform exploration: recorded, as an L1 and a mode count
+    assert 0 <= value(r, "explore_l1_exact_tb_h16_r0_0p001") <= 2
+    assert value(r, "explore_abs_logz_err_tb_h16_r0_0p001") >= 0
+    assert 1 <= value(r, "explore_modes_found_tb_h16_r0_0p001") <= 4
     # OC-GFN and OP-GFN are recorded; the OP sampler moves mass onto the top states
     for k in ("0p1", "0p01", "0p001"):
         assert 0 <= value(r, f"oc_l1_zero_shot_r0_{k}") <= 2
