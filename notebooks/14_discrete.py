@@ -564,10 +564,10 @@ ResultsTable(metrics)
 # 1–4 (train; test within 3%), reconstructions at FD 6.18 against the floor's 5.96; ResGen's
 # samples reach FD 256 / 151 / 77 at T = 1 / 4 / 16 calls for 64 tokens each — well behind
 # masked diffusion on pixels at equal calls. The one- and four-call figures are not stable to
-# their first digit: the same code on another CPU, whose float rounding differs, gave 182 / 117
-# / 76. At this scale ResGen's 8-component mixture over 2×2 patches is
-# the weak part (earlier runs: 1000 steps reached FD 180 at T = 16, 3000 steps 72–77). MaM: its
-# marginals sum to 1 within 0.8% over the 1024 states with no constraint but self-consistency,
+# their first digit: on another CPU, whose float rounding differs (and with it the weights of
+# the FD classifier, floor 6.05 there), the same code gave 182 / 117 / 76. At this scale
+# ResGen's 8-component mixture over 2×2 patches is the weak part (earlier runs: 1000 steps
+# reached FD 180 at T = 16, 3000 steps 72–77). MaM: its marginals sum to 1 within 0.8% over the 1024 states with no constraint but self-consistency,
 # KL 0.049 nats (the conditional model's chain rule: 0.040), mean marginal error 0.094 nats in
 # one call against the chain rule's 0.103 in up to 10. (The full run's steps were cut towards the
 # 10-minute budget: 1200 for AR and masked diffusion, 800 for D3PM-uniform and 600 + 1200 for

@@ -89,7 +89,7 @@ op_steps = 2000  # the order-preserving GFlowNet
 sweep_heights = (8, 16)  # TB on the 2D grid at each height and each reward floor of r0s
 r0s = (0.1, 0.01, 0.001)
 sweep_steps = 1000
-explore_epsilon = 0.3  # the sweep's failing cell (H = 16, R0 = 0.001) again, exploring
+explore_epsilon = 0.3  # the sweep's failing cell (H 16, R0 0.001) again, with exploration
 explore_steps = 3000
 defaults = parameter_defaults(globals())  # before papermill's injected parameters
 

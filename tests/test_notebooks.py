@@ -27,6 +27,11 @@ def test_notebook_structure(chapter):
     cell = cell[:cell.index("\n# %%")]
     assert cell.rstrip().splitlines()[-1].startswith("defaults = parameter_defaults(globals())"), \
         "the parameters cell ends by recording its defaults, so quick mode keeps passed values"
+    # papermill reads a parameter's help from its comment and skips a line with a second "="
+    # (it warns "Unable to parse line"): keep "=" out of the comments
+    for line in cell.splitlines()[1:]:
+        if not line.lstrip().startswith("#"):
+            assert line.count("=") <= 1, f"papermill cannot parse this parameter line: {line!r}"
     assert "## Summary" in src and "## Exercises" in src
     assert "record(" in src
     # a Python string that meant "\\beta" leaves a backspace, which MathJax cannot typeset
