@@ -133,11 +133,11 @@ print(f"{mode}: 2D {steps_2d} steps, 4D {steps_4d} steps, batch {batch}; L1 from
 metrics, wall = {}, {}
 
 # %% [markdown]
-# **What runs.** Full mode trains each loss on the 2D grid for 2000 steps and TB, DB and SubTB
-# on the 4D grid for 4000 steps (batch 16, $R_0=0.1$, Adam with a cosine decay), pre-trains an
-# outcome-conditioned GFlowNet for 3000 steps and an order-preserving one for 2000, and sweeps TB over
-# heights and reward floors (1000 steps per cell, the failing cell again exploring, 3000). Quick mode
-# runs each for a few dozen steps: its figures say only that the code runs.
+# **What runs.** Full mode trains each loss on the 2D grid for 2000 steps and TB, DB and SubTB on
+# the 4D grid for 4000 steps (batch 16, $R_0=0.1$, Adam with a cosine decay), pre-trains an
+# outcome-conditioned GFlowNet for 3000 steps and an order-preserving one for 2000, and sweeps TB
+# over heights and reward floors (1000 steps per cell, the failing cell again exploring, 3000).
+# Quick mode runs each for a few dozen steps: its figures say only that the code runs.
 #
 # ## The grid, enumerated
 #
