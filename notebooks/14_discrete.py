@@ -556,22 +556,21 @@ ResultsTable(metrics)
 # denoiser learnt little beyond per-pixel frequencies, and its FD (101 and 103 at T = 8 and 32) says
 # the same. FD to the held-out digits (floor 5.96): AR 13.8 at 64 calls; masked 41.1 / 36.8 / 30.0
 # at T = 4 / 16 / 64. The KV cache's speed-up at length 64 is a timing, printed above and recorded
-# as `kv_speedup_len64`; it moves with the host and with whatever else the cores run (the cached
-# rate holds, the uncached one moves with the load), so read it as "several times", not to the
-# digit: `benchmarks/kv_cache.py` is where it is measured, as a median over interleaved pairs.
-# In-flight batching took 186 batched steps where static batches took 323 (a count, not a timing).
-# RVQ: MSE 0.053 / 0.017 / 0.0063 / 0.0025 at depth 1–4 (train; test within 3%), reconstructions at
-# FD 6.18 against the floor's 5.96; ResGen's samples reach FD 256 / 151 / 77 at T = 1 / 4 / 16 calls
-# for 64 tokens each — well behind masked diffusion on pixels at equal calls. The one- and four-call
-# figures are not stable to their first digit: on another CPU, whose float rounding differs (and
-# with it the weights of the FD classifier, floor 6.05 there), the same code gave 182 / 117 / 76. At
-# this scale ResGen's 8-component mixture over 2×2 patches is the weak part (earlier runs: 1000
-# steps reached FD 180 at T = 16, 3000 steps 72–77). MaM: its marginals sum to 1 within 0.8% over
-# the 1024 states with no constraint but self-consistency, KL 0.049 nats (the conditional model's
-# chain rule: 0.040), mean marginal error 0.094 nats in one call against the chain rule's 0.103 in
-# up to 10. (The full run's steps were cut towards the 10-minute budget: 1200 for AR and masked
-# diffusion, 800 for D3PM-uniform and 600 + 1200 for MaM, from 1500, 1500, 1000 and 1000 + 2000; at
-# the longer settings AR was 80.86, masked 90.27, MaM's KL 0.034.)
+# as `kv_speedup_len64`; it moves with the host and with the load on the cores, so read it as
+# "several times", not to the digit; `benchmarks/kv_cache.py` measures it as a median over
+# interleaved pairs. In-flight batching took 186 batched steps where static batches took 323 (a
+# count, not a timing). RVQ: MSE 0.053 / 0.017 / 0.0063 / 0.0025 at depth 1–4 (train; test within
+# 3%), reconstructions at FD 6.18 against the floor's 5.96; ResGen's samples reach FD 256 / 151 / 77
+# at T = 1 / 4 / 16 calls for 64 tokens each — well behind masked diffusion on pixels at equal
+# calls. The one- and four-call figures are not stable to their first digit: on another CPU, whose
+# float rounding differs (and with it the weights of the FD classifier, floor 6.05 there), the same
+# code gave 182 / 117 / 76. At this scale ResGen's 8-component mixture over 2×2 patches is the weak
+# part (earlier runs: 1000 steps reached FD 180 at T = 16, 3000 steps 72–77). MaM: its marginals sum
+# to 1 within 0.8% over the 1024 states with no constraint but self-consistency, KL 0.049 nats (the
+# conditional model's chain rule: 0.040), mean marginal error 0.094 nats in one call against the
+# chain rule's 0.103 in up to 10. (The full run's steps were cut towards the 10-minute budget: 1200
+# for AR and masked diffusion, 800 for D3PM-uniform and 600 + 1200 for MaM, from 1500, 1500, 1000
+# and 1000 + 2000; at the longer settings AR was 80.86, masked 90.27, MaM's KL 0.034.)
 #
 # ## Summary
 #
