@@ -8,4 +8,5 @@
     targets.py    a chapter's targets and their verdicts (a direction is met only beyond its spread)
     tables.py     the results tables generated from results JSON: RESULTS.md, the README's tables
     viz.py        plots, a static animation, and ``show_source``
+    workers.py    the batch runner's workers end when it is killed (``exit_with_parent``)
 """

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minigen.workbook.schedule import Progress, last_wall_times, longest_first
+from minigen.workbook.workers import exit_with_parent
 
 # minigen.workbook.record imports torch: it is imported lazily (parent only) so that the
 # spawned workers, which only drive papermill, start fast.
@@ -251,7 +252,7 @@ def run_all(chapters: list[Path], out_dir: Path, mode: str, jobs: int, record: b
     ctx = multiprocessing.get_context("spawn")
     results: list[RunResult] = []
     progress = Progress([p.stem for p in chapters], jobs, estimates or {})
-    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx, initializer=exit_with_parent) as pool:
         waiting = {pool.submit(execute_one, str(p), str(out_dir), mode, kernel) for p in chapters}
         while waiting:
             finished, waiting = wait(waiting, timeout=status_every, return_when=FIRST_COMPLETED)
