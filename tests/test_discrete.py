@@ -194,6 +194,25 @@ def test_uniform_single_draw_nelbo_is_unbiased():
     assert torch.allclose(mc.view(3000, 2).mean(0), nelbo[[4, 20]], atol=0.03)
 
 
+def test_uniform_hybrid_loss_adds_lambda_times_the_same_calls_cross_entropy():
+    """ce_weight = 0 is the NELBO alone; lambda > 0 adds lambda x the cross-entropy of the x0
+    logits of the same denoiser call (same noise draw), and per_sample stays the NELBO."""
+    m = _model(vocab=K, length=L, time_input=True).eval()
+    x = ALL[[1, 7, 20, 25]]
+    plain = un.UniformDiffusion(K, 4)(m, x, torch.Generator().manual_seed(3), per_sample=True)
+    hybrid = un.UniformDiffusion(K, 4, ce_weight=0.5)(m, x, torch.Generator().manual_seed(3), per_sample=True)
+    g = torch.Generator().manual_seed(3)
+    k = torch.randint(4, (len(x),), generator=g)
+    kl, logits = un.step_terms(m, x, k / 4, (k + 1) / 4, K, g)
+    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, K), x.reshape(-1))
+    assert torch.allclose(plain.per_sample, 4 * kl) and torch.equal(plain.per_sample, hybrid.per_sample)
+    assert plain.loss.item() == pytest.approx((4 * kl).mean().item() / L, rel=1e-6)
+    assert hybrid.loss.item() == pytest.approx(plain.loss.item() + 0.5 * ce.item(), rel=1e-6)
+    assert ce.item() > 0.1  # an untrained denoiser: the added term is not negligible
+    with pytest.raises(ValueError, match="ce_weight"):
+        un.UniformDiffusion(K, 4, ce_weight=-1.0)
+
+
 # -- RVQ and collective tokens --------------------------------------------------------------
 
 def test_patches_round_trip_and_bad_sizes():

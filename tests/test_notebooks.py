@@ -63,6 +63,9 @@ def test_chapter_has_its_test_file(chapter):
 NOTEBOOK_GUIDE_LINES = 600
 # Over the soft guide, each with its reason (the chapter contract: say why, or split).
 LONG_CHAPTERS = {
+    "14_discrete": "five papers' ideas on one set of digits: an autoregressive transformer with its "
+                   "KV cache and in-flight batching, masked and uniform discrete diffusion, RVQ with "
+                   "ResGen's collective tokens, marginalization models; splits when PixelCNN joins",
     "02_denoising_diffusion": "three papers on one epsilon network: DDPM's bound term by term, "
                               "DDIM and the ODE, DiffuseVAE's refiner; splits when chapter 09 "
                               "takes over the sampler comparison",

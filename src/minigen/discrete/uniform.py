@@ -31,10 +31,12 @@ def noisy_tokens(x: Tensor, abar: Tensor, n_classes: int, generator: torch.Gener
     noise = torch.randint(n_classes, x.shape, generator=generator, device=x.device)
     return torch.where(keep, x, noise)
 
+
 def _transition(a: Tensor, ratio: Tensor, k: int) -> Tensor:
     """q(a | y) for every y: r 1[a = y] + (1 - r)/K: a (B, L), ratio (B,) -> (B, L, K)."""
     onehot = torch.nn.functional.one_hot(a, k).to(ratio.dtype)
     return ratio[:, None, None] * onehot + (1 - ratio[:, None, None]) / k
+
 
 def reverse_step_probs(x0_probs: Tensor, xs: Tensor, abar_s: Tensor, abar_t: Tensor) -> Tensor:
     """p(x_t | x_s) per token from the denoiser's p_theta(x0 | x_s): (B, L, K), (B, L), (B,), (B,)
@@ -46,37 +48,57 @@ def reverse_step_probs(x0_probs: Tensor, xs: Tensor, abar_s: Tensor, abar_t: Ten
     p = like_s * (abar_t[:, None, None] * w + (1 - abar_t[:, None, None]) / k * w.sum(-1, keepdim=True))
     return p / p.sum(-1, keepdim=True)
 
+
 def posterior_probs(x: Tensor, xs: Tensor, abar_s: Tensor, abar_t: Tensor, k: int) -> Tensor:
     """q(x_t | x_s, x) per token: (B, L) x2, (B,) x2 -> (B, L, K)."""
     q = _transition(xs, abar_s / abar_t, k) * _transition(x, abar_t, k)
     return q / q.sum(-1, keepdim=True)
 
-def step_kl(model, x: Tensor, s: Tensor, t: Tensor, n_classes: int, generator: torch.Generator) -> Tensor:
-    """sum over tokens of KL(q(x_t | x_s, x) || p(x_t | x_s)) at one draw x_s ~ q(x_s | x), with
-    abar = time (s < t, both (B,)): nats per sequence (B,)."""
+
+def step_terms(model, x: Tensor, s: Tensor, t: Tensor, n_classes: int,
+               generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """At one draw x_s ~ q(x_s | x), with abar = time (s < t, both (B,)): the sum over tokens of
+    KL(q(x_t | x_s, x) || p(x_t | x_s)), nats per sequence (B,), and the denoiser's x0 logits
+    (B, L, K) from the same call (what the hybrid loss's cross-entropy reads)."""
     xs = noisy_tokens(x, s, n_classes, generator)
-    x0_probs = torch.softmax(model(xs, s).double(), -1)
-    p = reverse_step_probs(x0_probs, xs, s.double(), t.double())
+    logits = model(xs, s)
+    p = reverse_step_probs(torch.softmax(logits.double(), -1), xs, s.double(), t.double())
     q = posterior_probs(x, xs, s.double(), t.double(), n_classes)
-    return (xlogy(q, q) - xlogy(q, p)).sum((1, 2))
+    return (xlogy(q, q) - xlogy(q, p)).sum((1, 2)), logits
+
+
+def step_kl(model, x: Tensor, s: Tensor, t: Tensor, n_classes: int, generator: torch.Generator) -> Tensor:
+    """The KL of ``step_terms``: nats per sequence (B,)."""
+    return step_terms(model, x, s, t, n_classes, generator)[0]
+
 
 class UniformDiffusion:
     """The T-step NELBO as ``train``'s loss, per token: a step k ~ U{0..T-1} per sequence,
-    T KL_k (Austin et al., 2021, eq. 1 with the uniform Q_t)."""
+    T KL_k (Austin et al., 2021, eq. 1 with the uniform Q_t). With ``ce_weight`` = lambda > 0 it
+    is their hybrid loss (eq. 5), L_vb + lambda E[-log p_theta(x0 | x_s)], the cross-entropy of
+    the same denoiser call, per token: a direct signal for the x0-prediction the KL reads
+    through the posterior. ``per_sample`` is always the NELBO alone (nats per sequence)."""
 
-    def __init__(self, n_classes: int, steps: int):
-        if n_classes < 2 or steps < 1:
-            raise ValueError(f"need n_classes >= 2 and steps >= 1, got {n_classes}, {steps}")
-        self.n_classes, self.steps = n_classes, steps
+    def __init__(self, n_classes: int, steps: int, ce_weight: float = 0.0):
+        if n_classes < 2 or steps < 1 or not ce_weight >= 0:
+            raise ValueError(f"need n_classes >= 2, steps >= 1 and ce_weight >= 0, "
+                             f"got {n_classes}, {steps}, {ce_weight}")
+        self.n_classes, self.steps, self.ce_weight = n_classes, steps, float(ce_weight)
 
     def loss(self, model, x: Tensor, generator: torch.Generator, per_sample: bool = False) -> LossResult:
         x = x.reshape(len(x), -1).long()
         k = torch.randint(self.steps, (len(x),), generator=generator)
         s, t = k / self.steps, (k + 1) / self.steps
-        nelbo = self.steps * step_kl(model, x, s.to(x.device), t.to(x.device), self.n_classes, generator)
-        return LossResult(nelbo.float().mean() / x.shape[1], nelbo.detach() if per_sample else None, t)
+        kl, logits = step_terms(model, x, s.to(x.device), t.to(x.device), self.n_classes, generator)
+        nelbo = self.steps * kl
+        loss = nelbo.float().mean() / x.shape[1]
+        if self.ce_weight:
+            loss = loss + self.ce_weight * torch.nn.functional.cross_entropy(
+                logits.reshape(-1, self.n_classes), x.reshape(-1))
+        return LossResult(loss, nelbo.detach() if per_sample else None, t)
 
     __call__ = loss
+
 
 @torch.no_grad()
 def uniform_nelbo_steps(model, x: Tensor, n_classes: int, steps: int, generator: torch.Generator) -> Tensor:
@@ -88,6 +110,7 @@ def uniform_nelbo_steps(model, x: Tensor, n_classes: int, steps: int, generator:
         s, t = torch.full((len(x),), k / steps), torch.full((len(x),), (k + 1) / steps)
         total += step_kl(model, x, s, t, n_classes, generator).cpu()
     return total
+
 
 @torch.no_grad()
 def sample_uniform(model, n: int, length: int, n_classes: int, steps: int,
